@@ -1,0 +1,151 @@
+"""All settings as dataclasses. `RunConfig` is saved as config.json beside every checkpoint,
+so a run can always be rebuilt (model and preprocessing) and explained."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+FORMAT_VERSION = 1
+
+CELLS = ("rnn", "lstm", "gru")
+MODELS = (*CELLS, "bag")
+POOLINGS = ("last", "mean", "max", "meanmax")
+
+
+@dataclass
+class DataConfig:
+    dataset: str | None = None  # "ag_news" or None for own files
+    data_dir: str | None = None
+    train: str | None = None
+    test: str | None = None
+    valid: str | None = None
+    text_columns: list[str] = field(default_factory=lambda: ["text"])
+    label_column: str = "label"
+    valid_split: float = 0.05
+    skip_bad_rows: bool = False
+    tokenizer: str = "basic_english"
+    ngrams: int = 1
+    min_freq: int = 1
+    max_vocab: int | None = None
+    max_len: int | None = None  # tokens kept per text (None: all)
+
+    def validate(self) -> None:
+        if not 0.0 <= self.valid_split < 1.0:
+            raise ConfigError(f"--valid-split must be in [0, 1), got {self.valid_split}")
+        if self.ngrams < 1:
+            raise ConfigError(f"--ngrams must be >= 1, got {self.ngrams}")
+        if self.min_freq < 1:
+            raise ConfigError(f"--min-freq must be >= 1, got {self.min_freq}")
+        if self.max_vocab is not None and self.max_vocab < 3:
+            raise ConfigError(f"--max-vocab must be >= 3 (room for <pad>, <unk> and a word), got {self.max_vocab}")
+        if self.max_len is not None and self.max_len < 1:
+            raise ConfigError(f"--max-len must be >= 1, got {self.max_len}")
+
+
+@dataclass
+class ModelConfig:
+    model: str = "gru"  # rnn | lstm | gru | bag
+    embed_dim: int = 128
+    hidden_dim: int = 128
+    num_layers: int = 1
+    bidirectional: bool = True
+    dropout: float = 0.3  # between layers and before the output layer
+    embed_dropout: float = 0.1
+    pooling: str = "meanmax"  # last | mean | max | meanmax
+    packed: bool = False
+    vocab_size: int = 0  # filled in from the vocabulary
+    num_classes: int = 0  # filled in from the labels
+    padding_idx: int = 0
+
+    def validate(self) -> None:
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
+        for name in ("embed_dim", "hidden_dim", "num_layers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("dropout", "embed_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 3e-3
+    schedule: str = "onecycle"  # onecycle | constant
+    weight_decay: float = 0.0
+    clip: float | None = 1.0
+    seed: int = 0
+    device: str = "auto"
+    epoch_size: int | None = None  # batches per epoch (the tutorial's early cut-off)
+    bucket: bool = True  # length-bucketed batches
+    threads: int | None = None  # torch intra-op threads (None: all cores)
+    checkpoint_every: int | None = None  # steps between mid-epoch checkpoints
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if self.schedule not in ("onecycle", "constant"):
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose onecycle or constant")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.clip is not None and self.clip <= 0:
+            raise ConfigError(f"--clip must be > 0, got {self.clip}")
+        if self.epoch_size is not None and self.epoch_size < 1:
+            raise ConfigError(f"--epoch-size must be >= 1, got {self.epoch_size}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ConfigError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    format_version: int = FORMAT_VERSION
+
+    def validate(self) -> None:
+        self.data.validate()
+        self.model.validate()
+        self.train.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        version = d.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ConfigError(
+                f"config format version {version} is newer than this rnntext understands "
+                f"({FORMAT_VERSION}); upgrade rnntext"
+            )
+        return cls(
+            data=_build(DataConfig, d.get("data", {})),
+            model=_build(ModelConfig, d.get("model", {})),
+            train=_build(TrainConfig, d.get("train", {})),
+            format_version=version,
+        )
+
+
+def _build(klass: type, values: dict[str, Any]) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{klass.__name__}: expected an object, got {type(values).__name__}")
+    names = {f.name for f in dataclasses.fields(klass)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"{klass.__name__}: unknown keys {sorted(unknown)}")
+    return klass(**values)

@@ -1,0 +1,78 @@
+"""Batches from encoded tensors: padded [B, T] (+ lengths) or flat tokens + offsets (EmbeddingBag),
+and a length-bucketed batch order (shuffled buckets, shuffled batches) that keeps padding low."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .encode import Encoded
+from .vocab import PAD_ID
+
+
+@dataclass
+class Batch:
+    tokens: Tensor  # padded [B, T], or flat [sum of lengths] when offsets is set
+    lengths: Tensor  # [B], on the CPU (pack_padded_sequence wants it there)
+    labels: Tensor  # [B]
+    offsets: Tensor | None = None  # [B] start of each text in flat tokens
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.tokens.to(device, non_blocking=True),
+            self.lengths,
+            self.labels.to(device, non_blocking=True),
+            None if self.offsets is None else self.offsets.to(device, non_blocking=True),
+        )
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+
+def padded_batch(data: Encoded, index: Tensor) -> Batch:
+    """Right-padded with <pad> to the longest text in the batch; one gather, no Python loop."""
+    lengths = data.lengths[index]
+    starts = data.offsets[:-1][index]
+    width = int(lengths.max())
+    steps = torch.arange(width)
+    mask = steps[None, :] < lengths[:, None]
+    positions = (starts[:, None] + steps[None, :]).clamp_(max=max(data.tokens.numel() - 1, 0))
+    tokens = torch.where(mask, data.tokens[positions], PAD_ID)
+    return Batch(tokens, lengths, data.labels[index])
+
+
+def flat_batch(data: Encoded, index: Tensor) -> Batch:
+    """Concatenated tokens and start offsets, the input of nn.EmbeddingBag."""
+    sub = data.subset(index)
+    return Batch(sub.tokens, sub.lengths, sub.labels, sub.offsets[:-1])
+
+
+def make_batch(data: Encoded, index: Tensor, flat: bool) -> Batch:
+    return flat_batch(data, index) if flat else padded_batch(data, index)
+
+
+def epoch_batches(lengths: Tensor, batch_size: int, seed: int, epoch: int, bucket: bool = True,
+                  bucket_batches: int = 50) -> list[Tensor]:
+    """The batches of one training epoch, a pure function of (seed, epoch) so that a resumed run
+    sees the same order. With `bucket`, texts are sorted by length inside random chunks of
+    `bucket_batches` batches, cut into batches, and the batches shuffled."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    n = lengths.numel()
+    perm = torch.randperm(n, generator=g)
+    if not bucket:
+        return list(perm.split(batch_size))
+    batches: list[Tensor] = []
+    chunk = batch_size * bucket_batches
+    for part in perm.split(chunk):
+        order = torch.argsort(lengths[part], stable=True)
+        batches.extend(part[order].split(batch_size))
+    shuffle = torch.randperm(len(batches), generator=g)
+    return [batches[i] for i in shuffle.tolist()]
+
+
+def eval_batches(lengths: Tensor, batch_size: int) -> list[Tensor]:
+    """Batches sorted by length for evaluation and prediction (least padding, fixed order)."""
+    order = torch.argsort(lengths, stable=True)
+    return list(order.split(batch_size))

@@ -1,0 +1,114 @@
+"""From a DataConfig to encoded train / valid / test tensors: read, split, label, tokenise,
+build the vocabulary on train, encode once."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..config import DataConfig
+from ..errors import ConfigError, DataError
+from . import ag_news
+from .encode import Encoded, encode_texts, encode_tokens
+from .readers import Rows, read_rows
+from .tokenizer import Tokenizer
+from .vocab import Vocab
+
+
+@dataclass
+class Splits:
+    train: Rows
+    valid: Rows | None
+    test: Rows | None
+    label_names: list[str]
+
+
+@dataclass
+class Prepared:
+    tokenizer: Tokenizer
+    vocab: Vocab
+    label_names: list[str]
+    train: Encoded
+    valid: Encoded | None
+    test: Encoded | None
+    skipped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _label_order(labels: list[str]) -> list[str]:
+    """Integers numerically, anything else alphabetically."""
+    unique = set(labels)
+    try:
+        return sorted(unique, key=lambda s: (float(s), s))
+    except ValueError:
+        return sorted(unique)
+
+
+def split_off(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows]:
+    """A reproducible random `fraction` of `rows` as validation; the rest stays for training."""
+    n = len(rows)
+    n_valid = int(round(n * fraction))
+    if n_valid == 0 or n_valid >= n:
+        raise ConfigError(f"--valid-split {fraction} of {n} rows leaves no training or validation rows")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    valid_idx, train_idx = sorted(perm[:n_valid]), sorted(perm[n_valid:])
+
+    def take(idx: list[int], path: str) -> Rows:
+        return Rows(path, [rows.texts[i] for i in idx], [rows.labels[i] for i in idx],
+                    [rows.lines[i] for i in idx] if rows.lines else [])
+
+    return take(train_idx, rows.path), take(valid_idx, rows.path + " (validation split)")
+
+
+def load_splits(cfg: DataConfig, seed: int = 0, progress: bool = True) -> Splits:
+    if cfg.dataset == "ag_news":
+        train, test = ag_news.load(cfg.data_dir, cfg.skip_bad_rows, progress=progress)
+        valid = None
+        label_names = list(ag_news.CLASSES)
+    elif cfg.dataset is None:
+        if not cfg.train:
+            raise ConfigError("give --dataset ag_news or --train FILE")
+
+        def read(p: str | None) -> Rows | None:
+            if p is None:
+                return None
+            return read_rows(p, cfg.text_columns, cfg.label_column, skip_bad_rows=cfg.skip_bad_rows)
+
+        train, valid, test = read(cfg.train), read(cfg.valid), read(cfg.test)
+        label_names = _label_order(train.labels)
+    else:
+        raise ConfigError(f"unknown dataset {cfg.dataset!r}; built in: ag_news (or use --train FILE)")
+
+    if valid is None and cfg.valid_split > 0:
+        train, valid = split_off(train, cfg.valid_split, seed)
+    known = set(label_names)
+    for rows in (valid, test):
+        if rows is None:
+            continue
+        for label, line in zip(rows.labels, rows.lines or [None] * len(rows)):
+            if label not in known:
+                raise DataError(f"label {label!r} never appears in the training data "
+                                f"(known: {', '.join(label_names)})", rows.path, line)
+    return Splits(train, valid, test, label_names)
+
+
+def prepare(cfg: DataConfig, seed: int = 0, progress: bool = True) -> Prepared:
+    t0 = time.perf_counter()
+    splits = load_splits(cfg, seed, progress)
+    tokenizer = Tokenizer(cfg.tokenizer, cfg.ngrams, cfg.max_len)
+    train_tokens = [tokenizer(t) for t in splits.train.texts]
+    vocab = Vocab.build(train_tokens, cfg.min_freq, cfg.max_vocab)
+    index = {name: i for i, name in enumerate(splits.label_names)}
+
+    def enc(rows: Rows | None) -> Encoded | None:
+        if rows is None:
+            return None
+        return encode_texts(rows.texts, tokenizer, vocab, [index[label] for label in rows.labels])
+
+    train = encode_tokens(train_tokens, vocab, [index[label] for label in splits.train.labels])
+    skipped = {r.path: r.skipped for r in (splits.train, splits.valid, splits.test) if r is not None and r.skipped}
+    return Prepared(tokenizer, vocab, splits.label_names, train, enc(splits.valid), enc(splits.test),
+                    skipped, time.perf_counter() - t0)
+

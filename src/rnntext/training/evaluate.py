@@ -1,0 +1,47 @@
+"""Evaluate a saved run on a labelled file or the AG News test split."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from ..config import DataConfig
+from ..data import ag_news, encode_texts
+from ..data.readers import Rows, read_rows
+from ..errors import ConfigError, DataError
+from ..model import uses_flat_batches
+from .metrics import classification_report
+from .rundir import load_run
+from .trainer import predict_logits, resolve_device, set_threads
+
+
+def read_eval_rows(data: DataConfig) -> Rows:
+    if data.test:
+        return read_rows(data.test, data.text_columns, data.label_column, skip_bad_rows=data.skip_bad_rows)
+    if data.dataset == "ag_news":
+        return ag_news.load(data.data_dir, data.skip_bad_rows)[1]
+    raise ConfigError("nothing to evaluate on: give --test FILE or --dataset ag_news")
+
+
+def evaluate_run(run_dir: str | Path, data: DataConfig | None = None, device: str = "auto",
+                 threads: int | None = None) -> dict[str, Any]:
+    """Metrics of the run in `run_dir` on `data`'s test set (by default the one it was trained with)."""
+    set_threads(threads)
+    dev = resolve_device(device)
+    run = load_run(run_dir, dev)
+    data = copy.deepcopy(data or run.config.data)
+    rows = read_eval_rows(data)
+    index = {name: i for i, name in enumerate(run.label_names)}
+    labels = []
+    for label, line in zip(rows.labels, rows.lines):
+        if label not in index:
+            raise DataError(f"label {label!r} is not one the model knows ({', '.join(run.label_names)})",
+                            rows.path, line)
+        labels.append(index[label])
+    enc = encode_texts(rows.texts, run.tokenizer, run.vocab, labels)
+    pred = predict_logits(run.model, enc, uses_flat_batches(run.config.model), dev).argmax(1)
+    report = classification_report(enc.labels, pred, run.label_names)
+    report["file"] = rows.path
+    report["skipped"] = rows.skipped
+    return report

@@ -1,0 +1,125 @@
+"""The run directory: config.json, vocab.json, labels.json, model.safetensors, metrics.json.
+
+Everything is JSON or safetensors, so loading a run executes no code; every file is written
+atomically, so a kill during a save leaves the previous version complete."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from ..config import RunConfig
+from ..data.tokenizer import Tokenizer
+from ..data.vocab import Vocab
+from ..errors import CheckpointError, ConfigError
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..model import build_model
+
+CONFIG, VOCAB, LABELS = "config.json", "vocab.json", "labels.json"
+WEIGHTS, METRICS = "model.safetensors", "metrics.json"
+
+
+@dataclass
+class Run:
+    """Everything needed to rebuild a trained model and its preprocessing."""
+
+    path: Path
+    config: RunConfig
+    vocab: Vocab
+    label_names: list[str]
+    model: nn.Module
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        d = self.config.data
+        return Tokenizer(d.tokenizer, d.ngrams, d.max_len)
+
+
+def state_to_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
+    atomic_write_bytes(path, st_save({k: v.contiguous() for k, v in state.items()}))
+
+
+def save_run(path: str | Path, config: RunConfig, vocab: Vocab, label_names: list[str],
+             state: dict[str, torch.Tensor], metrics: dict[str, Any] | None = None) -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create the run directory: {e.strerror}", str(path)) from None
+    # Weights first and config last: a directory with a config.json always has matching weights.
+    save_weights(path / WEIGHTS, state)
+    atomic_write_text(path / VOCAB, vocab.to_json())
+    atomic_write_json(path / LABELS, label_names)
+    if metrics is not None:
+        atomic_write_json(path / METRICS, metrics)
+    atomic_write_json(path / CONFIG, config.to_dict())
+    return path
+
+
+def _read_json(path: Path) -> Any:
+    if not path.exists():
+        raise CheckpointError("missing file; is this a run directory written by `rnntext train`?", str(path))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"corrupted or truncated JSON ({e})", str(path)) from None
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise CheckpointError("missing file", str(path))
+    try:
+        return st_load(path.read_bytes())
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"corrupted or truncated safetensors file ({e})", str(path)) from None
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError("run directory does not exist", str(path))
+    try:
+        config = RunConfig.from_dict(_read_json(path / CONFIG))
+        config.validate()
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(str(e), str(path / CONFIG)) from None
+    try:
+        vocab = Vocab.from_json(json.dumps(_read_json(path / VOCAB)))
+    except ValueError as e:
+        raise CheckpointError(str(e), str(path / VOCAB)) from None
+    labels = _read_json(path / LABELS)
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise CheckpointError("expected a list of label names", str(path / LABELS))
+    m = config.model
+    if m.vocab_size != len(vocab):
+        raise CheckpointError(f"config says vocab_size {m.vocab_size}, vocab.json has {len(vocab)} tokens",
+                              str(path / VOCAB))
+    if m.num_classes != len(labels):
+        raise CheckpointError(f"config says {m.num_classes} classes, labels.json has {len(labels)}",
+                              str(path / LABELS))
+    model = build_model(m)
+    state = load_weights(path / WEIGHTS)
+    expected = model.state_dict()
+    if set(state) != set(expected):
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        raise CheckpointError(f"weights do not match the config (missing {missing[:3]}, unexpected {extra[:3]})",
+                              str(path / WEIGHTS))
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise CheckpointError(f"tensor {k} has shape {tuple(v.shape)}, the config needs "
+                                  f"{tuple(expected[k].shape)}", str(path / WEIGHTS))
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return Run(path, config, vocab, labels, model)
