@@ -29,9 +29,13 @@ class DataConfig:
     skip_bad_rows: bool = False
     tokenizer: str = "basic_english"
     ngrams: int = 1
-    min_freq: int = 1
+    min_freq: int = 2  # words seen once are mostly names and typos: halves the vocabulary, +0.4% (tune.py)
     max_vocab: int | None = None
     max_len: int | None = None  # tokens kept per text (None: all)
+    embeddings: str | None = None  # pretrained word vectors (GloVe, word2vec, fastText .vec); read when training only
+    embeddings_lowercase: bool = True  # a word missing from the vectors may take the vector of its lowercase twin
+    vocab_from_embeddings: bool = False  # add the vector file's most frequent words to the vocabulary
+    vocab_from_embeddings_max: int = 50_000  # how many of the file's first (most frequent) words to consider
 
     def validate(self) -> None:
         if not 0.0 <= self.valid_split < 1.0:
@@ -44,6 +48,10 @@ class DataConfig:
             raise ConfigError(f"--max-vocab must be >= 3 (room for <pad>, <unk> and a word), got {self.max_vocab}")
         if self.max_len is not None and self.max_len < 1:
             raise ConfigError(f"--max-len must be >= 1, got {self.max_len}")
+        if self.vocab_from_embeddings and not self.embeddings:
+            raise ConfigError("--vocab-from-embeddings needs --embeddings PATH")
+        if self.vocab_from_embeddings_max < 1:
+            raise ConfigError(f"--vocab-from-embeddings-max must be >= 1, got {self.vocab_from_embeddings_max}")
 
 
 @dataclass
@@ -54,12 +62,13 @@ class ModelConfig:
     num_layers: int = 1
     bidirectional: bool = True
     dropout: float = 0.3  # between layers and before the output layer
-    embed_dropout: float = 0.1
+    embed_dropout: float = 0.3
     pooling: str = "meanmax"  # last | mean | max | meanmax
     packed: bool = False
     vocab_size: int = 0  # filled in from the vocabulary
     num_classes: int = 0  # filled in from the labels
     padding_idx: int = 0
+    freeze_embeddings: bool = False  # keep pretrained vectors (--embeddings) fixed during training
 
     def validate(self) -> None:
         if self.model not in MODELS:
@@ -77,10 +86,10 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 5
-    batch_size: int = 64
-    lr: float = 3e-3
+    batch_size: int = 128  # with lr 6e-3: as accurate as 64 / 3e-3 and ~1.5x faster on a CPU (tune.py)
+    lr: float = 6e-3
     schedule: str = "onecycle"  # onecycle | constant
-    weight_decay: float = 0.0
+    weight_decay: float = 0.1  # decoupled (AdamW)
     clip: float | None = 1.0
     seed: int = 0
     device: str = "auto"
@@ -88,6 +97,7 @@ class TrainConfig:
     bucket: bool = True  # length-bucketed batches
     threads: int | None = None  # torch intra-op threads (None: all cores)
     checkpoint_every: int | None = None  # steps between mid-epoch checkpoints
+    dist_timeout: float = 300.0  # seconds a distributed collective waits for a dead or stuck rank
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -108,6 +118,8 @@ class TrainConfig:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise ConfigError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+        if not self.dist_timeout > 0:
+            raise ConfigError(f"--dist-timeout must be > 0 seconds, got {self.dist_timeout}")
 
 
 @dataclass
@@ -121,6 +133,8 @@ class RunConfig:
         self.data.validate()
         self.model.validate()
         self.train.validate()
+        if self.model.freeze_embeddings and not self.data.embeddings:
+            raise ConfigError("--freeze-embeddings needs --embeddings PATH (pretrained vectors to freeze)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -29,3 +29,8 @@ class CheckpointError(RnnTextError):
     def __init__(self, message: str, path: str | None = None):
         self.path = path
         super().__init__(f"{path}: {message}" if path else message)
+
+
+class TrainingInterrupted(RnnTextError):
+    """Ctrl-C during training: a checkpoint was saved and the message says how to resume.
+    The CLI exits with status 130 (the shell's code for SIGINT)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import tempfile
@@ -48,21 +49,30 @@ def download(url: str, dest: Path, sha256: str | None, progress: bool = True, ti
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     tmp = Path(tmp_name)
     h = hashlib.sha256()
+    hint = "; pass --data-dir with train.csv and test.csv instead"
     try:
         with os.fdopen(fd, "wb") as out:
             try:
                 resp = urllib.request.urlopen(url, timeout=timeout)
-            except (urllib.error.URLError, OSError) as e:
-                raise DataError(f"cannot download {url}: {getattr(e, 'reason', e)}; pass --data-dir "
-                                "with train.csv and test.csv instead") from None
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+                raise DataError(f"cannot download {url}: {getattr(e, 'reason', e)}{hint}") from None
             with resp:
                 total = int(resp.headers.get("Content-Length") or 0) or None
+                received = 0
                 with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}",
                           disable=not progress, file=sys.stderr) as bar:
-                    for block in iter(lambda: resp.read(1 << 16), b""):
-                        out.write(block)
-                        h.update(block)
-                        bar.update(len(block))
+                    try:
+                        for block in iter(lambda: resp.read(1 << 16), b""):
+                            out.write(block)
+                            h.update(block)
+                            received += len(block)
+                            bar.update(len(block))
+                    except (OSError, http.client.HTTPException) as e:
+                        # a dropped connection or a timeout mid-transfer: nothing is kept
+                        raise DataError(f"download of {url} interrupted ({type(e).__name__}: {e}){hint}") from None
+                # read(n) ends quietly when the server closes early: compare with what it announced
+                if total is not None and received != total:
+                    raise DataError(f"download of {url} interrupted: got {received} of {total} bytes{hint}")
             out.flush()
             os.fsync(out.fileno())
         if sha256 is not None and h.hexdigest() != sha256:
@@ -75,11 +85,13 @@ def download(url: str, dest: Path, sha256: str | None, progress: bool = True, ti
     return dest
 
 
-def ensure_downloaded(base_url: str | None = None, root: Path | None = None, progress: bool = True) -> Path:
-    """The cache directory holding verified train.csv and test.csv, downloading what is missing."""
+def ensure_downloaded(base_url: str | None = None, root: Path | None = None, progress: bool = True,
+                      files: dict[str, str] | None = None) -> Path:
+    """The cache directory holding verified `files` (name -> sha256; default: AG News train.csv and
+    test.csv), downloading what is missing or does not match its checksum."""
     base_url = base_url or os.environ.get("RNNTEXT_AG_NEWS_URL", BASE_URL)
     root = (root or cache_dir()) / "ag_news"
-    for name, digest in SHA256.items():
+    for name, digest in (files or SHA256).items():
         dest = root / name
         if dest.exists() and sha256_file(dest) == digest:
             continue

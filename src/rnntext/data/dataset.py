@@ -13,7 +13,7 @@ from ..errors import ConfigError, DataError
 from . import ag_news
 from .encode import Encoded, encode_texts, encode_tokens
 from .readers import Rows, read_rows
-from .tokenizer import Tokenizer
+from .tokenizer import TOKENIZERS, Tokenizer
 from .vocab import Vocab
 
 
@@ -59,7 +59,9 @@ def split_off(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows]:
         return Rows(path, [rows.texts[i] for i in idx], [rows.labels[i] for i in idx],
                     [rows.lines[i] for i in idx] if rows.lines else [])
 
-    return take(train_idx, rows.path), take(valid_idx, rows.path + " (validation split)")
+    train = take(train_idx, rows.path)
+    train.skipped = rows.skipped  # bad rows of the file are reported once, with its training part
+    return train, take(valid_idx, rows.path + " (validation split)")
 
 
 def load_splits(cfg: DataConfig, seed: int = 0, progress: bool = True) -> Splits:
@@ -87,10 +89,20 @@ def load_splits(cfg: DataConfig, seed: int = 0, progress: bool = True) -> Splits
     for rows in (valid, test):
         if rows is None:
             continue
-        for label, line in zip(rows.labels, rows.lines or [None] * len(rows)):
-            if label not in known:
-                raise DataError(f"label {label!r} never appears in the training data "
-                                f"(known: {', '.join(label_names)})", rows.path, line)
+        lines = rows.lines or [None] * len(rows)
+        unseen = [i for i, label in enumerate(rows.labels) if label not in known]
+        if unseen and not cfg.skip_bad_rows:
+            i = unseen[0]
+            raise DataError(f"label {rows.labels[i][:100]!r} never appears in the training data (known: "
+                            f"{', '.join(label_names[:20])}) (use --skip-bad-rows to skip such rows)", rows.path,
+                            lines[i])
+        if unseen:  # --skip-bad-rows: drop and count them
+            keep = sorted(set(range(len(rows))) - set(unseen))
+            rows.texts, rows.labels = [rows.texts[i] for i in keep], [rows.labels[i] for i in keep]
+            rows.lines = [rows.lines[i] for i in keep] if rows.lines else []
+            rows.skipped += len(unseen)
+            if not rows.texts:
+                raise DataError("no row has a label that appears in the training data", rows.path)
     return Splits(train, valid, test, label_names)
 
 
@@ -100,6 +112,11 @@ def prepare(cfg: DataConfig, seed: int = 0, progress: bool = True) -> Prepared:
     tokenizer = Tokenizer(cfg.tokenizer, cfg.ngrams, cfg.max_len)
     train_tokens = [tokenizer(t) for t in splits.train.texts]
     vocab = Vocab.build(train_tokens, cfg.min_freq, cfg.max_vocab)
+    if cfg.vocab_from_embeddings and cfg.embeddings:  # before encoding, so every split uses the larger vocabulary
+        from .vectors import extend_vocab
+
+        vocab = extend_vocab(vocab, cfg.embeddings, cfg.vocab_from_embeddings_max, cfg.max_vocab,
+                             TOKENIZERS[cfg.tokenizer])
     index = {name: i for i, name in enumerate(splits.label_names)}
 
     def enc(rows: Rows | None) -> Encoded | None:

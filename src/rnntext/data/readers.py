@@ -1,7 +1,9 @@
 """Readers for CSV, TSV and JSONL files (optionally gzip-compressed).
 
-Every problem is reported as a `DataError` naming the file and line; with `skip_bad_rows` a
-bad row is skipped and counted instead."""
+Every problem is reported as a one-line `DataError` naming the file and line; with `skip_bad_rows`
+a bad row is skipped and counted instead. Handled: a UTF-8 BOM, CRLF / CR line ends, invalid
+UTF-8 (the row is bad), unbalanced quotes, too few / too many columns, huge fields, empty and
+header-only files, empty labels, JSON that is not an object or nests without end, truncated gzip."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import csv
 import gzip
 import io
 import json
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,10 @@ from ..errors import DataError
 csv.field_size_limit(2**31 - 1)  # a 10 MB text field is legitimate data, not an error
 
 FORMATS = ("csv", "tsv", "jsonl")
+SKIP_HINT = " (use --skip-bad-rows to skip such rows)"
+# Bytes that are not UTF-8 decode (with surrogateescape) to lone surrogates: a row holding one is bad.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+_NEWLINE = re.compile(r"\r\n|\r|\n")  # JSONL lines; str.splitlines would also split inside strings at U+2028 etc.
 
 
 @dataclass
@@ -46,8 +53,10 @@ def detect_format(path: str | Path) -> str:
                     "(optionally .gz)", str(path))
 
 
-def read_text_file(path: str | Path) -> str:
-    """The whole file as text: gunzipped if needed, BOM removed, invalid UTF-8 reported by line."""
+def read_text_file(path: str | Path, *, lenient: bool = False) -> str:
+    """The whole file as text: gunzipped if needed, BOM removed, invalid UTF-8 reported by line.
+    With `lenient`, undecodable bytes become lone surrogates instead (see _UNDECODABLE) so that
+    the reader can skip just the rows that hold them."""
     path = Path(path)
     if not path.exists():
         raise DataError("no such file", str(path))
@@ -62,6 +71,8 @@ def read_text_file(path: str | Path) -> str:
             raw = gzip.decompress(raw)
         except (EOFError, OSError, zlib.error) as e:
             raise DataError(f"corrupt or truncated gzip file ({e})", str(path)) from None
+    if lenient:
+        return raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -81,7 +92,7 @@ def read_rows(
 ) -> Rows:
     """Read texts and labels. With `header=False` (CSV/TSV), columns are 0-based indices."""
     fmt = fmt or detect_format(path)
-    text = read_text_file(path)
+    text = read_text_file(path, lenient=skip_bad_rows)
     if fmt == "jsonl":
         return _read_jsonl(str(path), text, text_columns, label_column, skip_bad_rows)
     return _read_delimited(str(path), text, "," if fmt == "csv" else "\t", text_columns,
@@ -91,78 +102,98 @@ def read_rows(
 def _read_delimited(path: str, text: str, delimiter: str, text_columns: list[str], label_column: str,
                     header: bool, skip_bad_rows: bool) -> Rows:
     rows = Rows(path)
+    kind = "CSV" if delimiter == "," else "TSV"
     if not text.strip():
         raise DataError("file is empty", path)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    try:
-        if header:
-            names = next(reader)
-            names = [n.strip() for n in names]
-            missing = [c for c in [*text_columns, label_column] if c not in names]
-            if missing:
-                raise DataError(f"no column named {', '.join(map(repr, missing))}; the header has "
-                                f"{', '.join(map(repr, names))} (use --text-column / --label-column)",
-                                path, 1)
-            text_idx = [names.index(c) for c in text_columns]
-            label_idx = names.index(label_column)
-            ncols = len(names)
+
+    def bad(problem: str, line: int) -> None:
+        if not skip_bad_rows:
+            raise DataError(problem + SKIP_HINT, path, line)
+        rows.skipped += 1
+
+    if header:
+        try:
+            names = [n.strip() for n in next(reader)]
+        except csv.Error as e:
+            raise DataError(f"malformed {kind} header ({e})", path, 1) from None
+        if _UNDECODABLE.search("".join(names)):
+            raise DataError("invalid UTF-8 in the header; save the file as UTF-8", path, 1)
+        missing = [c for c in [*text_columns, label_column] if c not in names]
+        if missing:
+            shown = ", ".join(repr(n[:40]) for n in names[:20]) + (", ..." if len(names) > 20 else "")
+            raise DataError(f"no column named {', '.join(map(repr, missing))}; the header has {shown} "
+                            f"(use --text-column / --label-column)", path, 1)
+        text_idx = [names.index(c) for c in text_columns]
+        label_idx = names.index(label_column)
+        ncols: int | None = len(names)
+    else:
+        text_idx = [int(c) for c in text_columns]
+        label_idx = int(label_column)
+        ncols = None
+    need = max([*text_idx, label_idx]) + 1
+    end = reader.line_num  # the last physical line consumed so far
+    while True:
+        line = end + 1  # where the next row starts (a quoted field may span lines)
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            end = reader.line_num
+            bad(f"malformed {kind} row ({e}); check for an unbalanced quote", line)
+            continue
+        end = reader.line_num
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue  # blank line
+        if ncols is None:
+            ncols = max(len(row), need)
+        if len(row) != ncols:
+            bad(f"expected {ncols} columns, found {len(row)}", line)
+        elif skip_bad_rows and any(_UNDECODABLE.search(field) for field in row):
+            bad("invalid UTF-8", line)
+        elif not row[label_idx].strip():
+            bad("empty label", line)
         else:
-            text_idx = [int(c) for c in text_columns]
-            label_idx = int(label_column)
-            ncols = None
-        need = max([*text_idx, label_idx]) + 1
-        start_line = reader.line_num
-        for row in reader:
-            line = start_line + 1
-            start_line = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue  # blank line
-            if ncols is None:
-                ncols = len(row)
-            problem = None
-            if len(row) < need:
-                problem = f"expected {ncols} columns, found {len(row)}"
-            elif len(row) != ncols:
-                problem = f"expected {ncols} columns, found {len(row)}"
-            elif not row[label_idx].strip():
-                problem = "empty label"
-            if problem:
-                if skip_bad_rows:
-                    rows.skipped += 1
-                    continue
-                raise DataError(problem + " (use --skip-bad-rows to skip such rows)", path, line)
             rows.texts.append(" ".join(row[i] for i in text_idx))
             rows.labels.append(row[label_idx].strip())
             rows.lines.append(line)
-    except csv.Error as e:
-        raise DataError(f"malformed {'CSV' if delimiter == ',' else 'TSV'} ({e}); check for an "
-                        "unbalanced quote", path, reader.line_num) from None
-    except StopIteration:
-        raise DataError("file is empty", path) from None
     if not rows.texts:
-        raise DataError("no data rows" + (" after the header" if header else ""), path)
+        raise DataError("no data rows" + (" after the header" if header else "")
+                        + (f" ({rows.skipped} bad rows skipped)" if rows.skipped else ""), path)
     return rows
 
 
 def _read_jsonl(path: str, text: str, text_columns: list[str], label_column: str,
                 skip_bad_rows: bool) -> Rows:
     rows = Rows(path)
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(_NEWLINE.split(text), start=1):
         if not line.strip():
             continue
         problem = None
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            obj, problem = None, f"invalid JSON ({e.msg})"
+        obj = None
+        if skip_bad_rows and _UNDECODABLE.search(line):
+            problem = "invalid UTF-8"
+        else:
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                problem = f"invalid JSON ({e.msg} at column {e.colno})"
+            except RecursionError:
+                problem = "invalid JSON (nested too deeply)"
+            except ValueError as e:  # e.g. an integer of 5,000 digits
+                problem = f"invalid JSON ({str(e)[:100]})"
         if problem is None:
             if not isinstance(obj, dict):
-                problem = "expected a JSON object per line"
+                problem = f"expected a JSON object per line, found {type(obj).__name__}"
             else:
                 missing = [c for c in [*text_columns, label_column] if c not in obj]
+                label = obj.get(label_column)
                 if missing:
                     problem = f"missing key {', '.join(map(repr, missing))}"
-                elif obj[label_column] is None or str(obj[label_column]).strip() == "":
+                elif not isinstance(label, (str, int, float)) or isinstance(label, bool):
+                    problem = f"label must be a string or a number, found {type(label).__name__}"
+                elif str(label).strip() == "":
                     problem = "empty label"
                 elif any(not isinstance(obj[c], (str, int, float)) for c in text_columns):
                     problem = "text must be a string"
@@ -170,10 +201,10 @@ def _read_jsonl(path: str, text: str, text_columns: list[str], label_column: str
             if skip_bad_rows:
                 rows.skipped += 1
                 continue
-            raise DataError(problem + " (use --skip-bad-rows to skip such rows)", path, lineno)
+            raise DataError(problem + SKIP_HINT, path, lineno)
         rows.texts.append(" ".join(str(obj[c]) for c in text_columns))
         rows.labels.append(str(obj[label_column]).strip())
         rows.lines.append(lineno)
     if not rows.texts:
-        raise DataError("no data rows", path)
+        raise DataError("no data rows" + (f" ({rows.skipped} bad rows skipped)" if rows.skipped else ""), path)
     return rows

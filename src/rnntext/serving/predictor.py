@@ -32,7 +32,8 @@ class Predictor:
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "auto", threads: int | None = None) -> Predictor:
-        set_threads(threads)
+        if threads is not None:  # otherwise leave the process's setting alone (a library must not change it)
+            set_threads(threads)
         dev = resolve_device(device)
         return cls(load_run(run_dir, dev), dev)
 
@@ -53,6 +54,6 @@ class Predictor:
                 for b, row in zip(best, rows)]
 
 
-def load(run_dir: str | Path, device: str = "auto") -> Predictor:
+def load(run_dir: str | Path, device: str = "auto", threads: int | None = None) -> Predictor:
     """A trained model ready to predict, from the run directory `rnntext train --out` wrote."""
-    return Predictor.load(run_dir, device)
+    return Predictor.load(run_dir, device, threads)

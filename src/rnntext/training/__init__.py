@@ -2,7 +2,7 @@
 
 from .metrics import classification_report, format_report
 from .rundir import Run, load_run, save_run
-from .trainer import TrainResult, evaluate_encoded, predict_logits, train
+from .trainer import TrainResult, evaluate_encoded, predict_logits, resume, train
 
 __all__ = ["Run", "TrainResult", "classification_report", "evaluate_encoded", "format_report",
-           "load_run", "predict_logits", "save_run", "train"]
+           "load_run", "predict_logits", "resume", "save_run", "train"]

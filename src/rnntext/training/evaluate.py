@@ -24,13 +24,35 @@ def read_eval_rows(data: DataConfig) -> Rows:
     raise ConfigError("nothing to evaluate on: give --test FILE or --dataset ag_news")
 
 
+def evaluation_data(trained: DataConfig, *, test: str | None = None, dataset: str | None = None,
+                    data_dir: str | None = None, text_columns: list[str] | None = None,
+                    label_column: str | None = None, skip_bad_rows: bool | None = None) -> DataConfig:
+    """The data to evaluate on: what the run was trained with, changed by the options given. Columns
+    default to the run's own, so a model trained with --text-column sentence reads `sentence` again."""
+    data = copy.deepcopy(trained)
+    if test is not None:
+        data.dataset, data.test = None, test
+    elif dataset is not None or data_dir is not None:
+        data.dataset, data.test, data.data_dir = "ag_news", None, data_dir
+    if text_columns:
+        data.text_columns = list(text_columns)
+    if label_column:
+        data.label_column = label_column
+    if skip_bad_rows is not None:
+        data.skip_bad_rows = skip_bad_rows
+    return data
+
+
 def evaluate_run(run_dir: str | Path, data: DataConfig | None = None, device: str = "auto",
-                 threads: int | None = None) -> dict[str, Any]:
-    """Metrics of the run in `run_dir` on `data`'s test set (by default the one it was trained with)."""
-    set_threads(threads)
+                 threads: int | None = None, **options: Any) -> dict[str, Any]:
+    """Metrics of the run in `run_dir` on `data`'s test set, by default the one it was trained with;
+    `options` (test, dataset, data_dir, text_columns, label_column, skip_bad_rows) change it as in
+    `evaluation_data`."""
+    if threads is not None:  # otherwise leave the process's setting alone (a library must not change it)
+        set_threads(threads)
     dev = resolve_device(device)
     run = load_run(run_dir, dev)
-    data = copy.deepcopy(data or run.config.data)
+    data = evaluation_data(data or run.config.data, **options)
     rows = read_eval_rows(data)
     index = {name: i for i, name in enumerate(run.label_names)}
     labels = []

@@ -52,4 +52,6 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(" " * width + " " + " ".join(f"{n[:cell]:>{cell}}" for n in names))
     for name, row in zip(names, report["confusion"]):
         lines.append(f"{name:<{width}} " + " ".join(f"{v:>{cell}d}" for v in row))
+    if report.get("skipped"):  # evaluate_run with --skip-bad-rows
+        lines += ["", f"skipped {report['skipped']} bad rows in {report.get('file', 'the data')}"]
     return "\n".join(lines)

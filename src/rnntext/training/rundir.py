@@ -75,6 +75,8 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"corrupted or truncated JSON ({e})", str(path)) from None
+    except OSError as e:  # a directory where the file should be, no permission, ...
+        raise CheckpointError(f"cannot read: {e.strerror or e}", str(path)) from None
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -82,6 +84,8 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError("missing file", str(path))
     try:
         return st_load(path.read_bytes())
+    except OSError as e:
+        raise CheckpointError(f"cannot read: {e.strerror or e}", str(path)) from None
     except (SafetensorError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"corrupted or truncated safetensors file ({e})", str(path)) from None
 
@@ -91,9 +95,12 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     if not path.is_dir():
         raise CheckpointError("run directory does not exist", str(path))
     try:
-        config = RunConfig.from_dict(_read_json(path / CONFIG))
+        raw = _read_json(path / CONFIG)
+        if not isinstance(raw, dict):
+            raise ConfigError(f"expected a JSON object, found {type(raw).__name__}")
+        config = RunConfig.from_dict(raw)
         config.validate()
-    except (ConfigError, TypeError) as e:
+    except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(str(e), str(path / CONFIG)) from None
     try:
         vocab = Vocab.from_json(json.dumps(_read_json(path / VOCAB)))
@@ -109,9 +116,9 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     if m.num_classes != len(labels):
         raise CheckpointError(f"config says {m.num_classes} classes, labels.json has {len(labels)}",
                               str(path / LABELS))
-    model = build_model(m)
     state = load_weights(path / WEIGHTS)
-    expected = model.state_dict()
+    with torch.device("meta"):  # shapes only: a config that asks for a huge model allocates nothing yet
+        expected = build_model(m).state_dict()
     if set(state) != set(expected):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         raise CheckpointError(f"weights do not match the config (missing {missing[:3]}, unexpected {extra[:3]})",
@@ -120,6 +127,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         if v.shape != expected[k].shape:
             raise CheckpointError(f"tensor {k} has shape {tuple(v.shape)}, the config needs "
                                   f"{tuple(expected[k].shape)}", str(path / WEIGHTS))
+    model = build_model(m)
     model.load_state_dict(state)
     model.to(device).eval()
     return Run(path, config, vocab, labels, model)

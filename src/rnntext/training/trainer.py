@@ -8,7 +8,8 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,11 @@ from torch import Tensor, nn
 
 from ..config import RunConfig
 from ..data import Encoded, Prepared, epoch_batches, eval_batches, make_batch, prepare
+from ..data.vectors import copy_into, embeddings_for_run
+from ..errors import CheckpointError, TrainingInterrupted
 from ..model import build_model, uses_flat_batches
+from . import checkpoint as ckpt_io
+from . import distributed
 from .metrics import classification_report
 from .rundir import save_run, state_to_cpu
 
@@ -40,6 +45,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def set_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads or os.cpu_count() or 1)
 
 
@@ -63,8 +72,10 @@ def predict_logits(model: nn.Module, data: Encoded, flat: bool, device: torch.de
 
 
 def evaluate_encoded(model: nn.Module, data: Encoded, label_names: list[str], flat: bool,
-                     device: torch.device) -> dict[str, Any]:
-    pred = predict_logits(model, data, flat, device).argmax(1)
+                     device: torch.device, dist: distributed.DistContext | None = None) -> dict[str, Any]:
+    """Metrics of `model` on `data`; with a distributed `dist`, every rank predicts its share of the rows."""
+    predict = lambda d: predict_logits(model, d, flat, device).argmax(1)  # noqa: E731
+    pred = dist.predict_sharded(data, predict) if dist is not None else predict(data)
     return classification_report(data.labels, pred, label_names)
 
 
@@ -78,9 +89,11 @@ class TrainResult:
 
 
 def make_schedule(cfg: RunConfig, optimizer: torch.optim.Optimizer, total_steps: int):
-    if cfg.train.schedule == "onecycle":
+    # OneCycleLR divides by (warm-up steps - 1): a run of < 4 steps (a tiny file) keeps a constant LR,
+    # and a short one warms up for at least 2 steps.
+    if cfg.train.schedule == "onecycle" and total_steps >= 4:
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.train.lr, total_steps=max(total_steps, 1), pct_start=0.25,
+            optimizer, max_lr=cfg.train.lr, total_steps=total_steps, pct_start=max(0.25, 2 / total_steps),
             anneal_strategy="cos", cycle_momentum=False, div_factor=10.0, final_div_factor=100.0)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
@@ -98,8 +111,12 @@ class Trainer:
         self.out_dir = out_dir
         self.progress = progress
         self.t_start = time.perf_counter()
-        set_threads(cfg.train.threads)
-        self.device = resolve_device(cfg.train.device)
+        set_threads(cfg.train.threads or distributed.threads_per_rank())
+        self.dist = distributed.setup(resolve_device(cfg.train.device), cfg.train.dist_timeout)
+        self.device = self.dist.device
+        if not self.dist.is_main:  # one progress bar and one log: rank 0's
+            progress = self.progress = False
+            self.log = lambda s: None
 
         # --- data: read, tokenise and encode once
         if prepared is None:
@@ -113,32 +130,50 @@ class Trainer:
             self.log(f"skipped {n} bad rows in {path}")
 
         # --- model, optimiser, schedule
+        self.embeddings = embeddings_for_run(cfg, p, self.log)  # --embeddings: sets embed_dim from the file
         seed_everything(cfg.train.seed)
         self.model = build_model(cfg.model).to(self.device)
+        if self.embeddings is not None:  # before DDP wraps the model: it must see frozen weights as such
+            copy_into(self.model, self.embeddings.weight, cfg.model.freeze_embeddings)
+        self.train_module = self.dist.wrap(self.model)  # DDP when distributed; self.model stays unprefixed
+        distributed.seed_rank(cfg.train.seed, self.dist)
         self.flat = uses_flat_batches(cfg.model)
         self.n_params = sum(q.numel() for q in self.model.parameters())
         self.log(f"model: {cfg.model.model}, {self.n_params:,} parameters, device {self.device}")
+        # fused: one kernel per tensor instead of ~7 passes; on a CPU the update of a 40k-word
+        # embedding is most of a step's time otherwise (benchmarks/throughput.py)
+        fused = self.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
-                                           weight_decay=cfg.train.weight_decay)
+                                           weight_decay=cfg.train.weight_decay, fused=fused or None)
         self.steps_per_epoch = len(self.epoch_order(0))
         self.schedule = make_schedule(cfg, self.optimizer, self.steps_per_epoch * cfg.train.epochs)
+        if self.dist.active:
+            n, bs = self.dist.world_size, cfg.train.batch_size
+            self.log(f"distributed: {n} processes ({self.dist.backend}), batch {bs} per process, effective batch "
+                     f"{bs * n}, peak lr {cfg.train.lr:g}, {self.steps_per_epoch} steps per epoch")
 
         # --- progress of the run (what a checkpoint must capture besides the weights)
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
         self.best_score, self.best_epoch = -1.0, 0
         self.best_state: dict[str, Tensor] | None = None
+        self.step = 0  # batches of the current epoch done (a resumed run starts there)
+        self.running = (0.0, 0, 0, 0.0)  # the current epoch so far: loss sum, correct, rows, seconds
+        self.global_step, self.checkpoint_seq = 0, 0
+        self.interrupt = ckpt_io.InterruptFlag()
+        self._data_fingerprint: dict[str, Any] | None = None
 
     def epoch_order(self, epoch: int) -> list[Tensor]:
-        """The batches (row indices) of `epoch`: a pure function of the seed and the epoch."""
+        """The batches (row indices) of `epoch`: a pure function of the seed and the epoch; when
+        distributed, this rank's shard of the order that every rank computes alike."""
         t = self.cfg.train
-        batches = epoch_batches(self.data.train.lengths, t.batch_size, t.seed, epoch, t.bucket)
+        batches = self.dist.shard(epoch_batches(self.data.train.lengths, t.batch_size, t.seed, epoch, t.bucket))
         return batches[: t.epoch_size] if t.epoch_size else batches
 
     def train_step(self, idx: Tensor) -> tuple[float, int, int]:
         """One optimiser step on the rows `idx`: (summed loss, correct, rows)."""
         b = make_batch(self.data.train, idx, self.flat).to(self.device)
-        logits = self.model(b.tokens, b.lengths, b.offsets)
+        logits = self.train_module(b.tokens, b.lengths, b.offsets)
         loss = F.cross_entropy(logits, b.labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -153,18 +188,24 @@ class Trainer:
         self.model.train()
         batches = self.epoch_order(epoch)
         t0 = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, correct, seen, before = self.running  # zeros, unless resumed mid-epoch
         bar = _progress(len(batches), f"epoch {epoch + 1}/{self.cfg.train.epochs}", self.progress)
-        for step, idx in enumerate(batches):
-            loss, ok, n = self.train_step(idx)
-            loss_sum, correct, seen = loss_sum + loss, correct + ok, seen + n
-            if bar is not None:
-                bar.update(1)
-                if step % 20 == 0 or step == len(batches) - 1:
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
         if bar is not None:
-            bar.close()
-        seconds = time.perf_counter() - t0
+            bar.update(self.step)
+        try:
+            for step in range(self.step, len(batches)):
+                loss, ok, n = self.train_step(batches[step])
+                loss_sum, correct, seen = loss_sum + loss, correct + ok, seen + n
+                if bar is not None:
+                    bar.update(1)
+                    if step % 20 == 0 or step == len(batches) - 1:
+                        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
+                self.after_step(step + 1, (loss_sum, correct, seen, before + time.perf_counter() - t0))
+        finally:
+            if bar is not None:
+                bar.close()
+        loss_sum, correct, seen = self.dist.sum(loss_sum, correct, seen)  # over all ranks
+        seconds = before + time.perf_counter() - t0
         return {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                 "seconds": seconds, "rows_per_second": seen / seconds if seconds else 0.0,
                 "lr": self.optimizer.param_groups[0]["lr"]}
@@ -174,7 +215,7 @@ class Trainer:
         p = self.data
         if p.valid is not None:
             row["valid_accuracy"] = evaluate_encoded(self.model, p.valid, p.label_names, self.flat,
-                                                     self.device)["accuracy"]
+                                                     self.device, self.dist)["accuracy"]
         self.history.append(row)
         self.epoch = row["epoch"]
         self.log(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
@@ -185,9 +226,92 @@ class Trainer:
             self.best_score, self.best_epoch, self.best_state = score, row["epoch"], state_to_cpu(self.model)
 
     def fit(self) -> TrainResult:
-        for epoch in range(self.epoch, self.cfg.train.epochs):
-            self.end_epoch(self.run_epoch(epoch))
+        with ckpt_io.catch_sigint(self.log) if self.out_dir is not None else _no_interrupt() as self.interrupt:
+            for epoch in range(self.epoch, self.cfg.train.epochs):
+                self.end_epoch(self.run_epoch(epoch))
+                self.step, self.running = 0, (0.0, 0, 0, 0.0)
+                self.save_checkpoint()
+                self.stop_if_interrupted()
         return self.finish()
+
+    # --- checkpoints (training/checkpoint.py): resume, Ctrl-C -------------------------------------
+
+    def after_step(self, step: int, running: tuple[float, int, int, float]) -> None:
+        """Record the position in the epoch; checkpoint every `checkpoint_every` steps and on Ctrl-C."""
+        self.step, self.running, self.global_step = step, running, self.global_step + 1
+        self.interrupt.set = self.dist.any(self.interrupt.set)  # distributed: all ranks stop at the same step
+        every = self.cfg.train.checkpoint_every
+        if every and self.global_step % every == 0:
+            self.save_checkpoint()
+        elif self.interrupt.set:
+            self.save_checkpoint()
+        self.stop_if_interrupted()
+
+    def stop_if_interrupted(self) -> None:
+        if self.interrupt.set:
+            import shlex
+
+            raise TrainingInterrupted(
+                f"training interrupted; checkpoint saved at epoch {self.epoch + 1}, step {self.step}. "
+                f"Resume with: rnntext train --resume {shlex.quote(str(self.out_dir))}")
+
+    def make_checkpoint(self, rng: dict[str, Any] | None = None,
+                        running: tuple[float, float, float, float] | None = None) -> ckpt_io.Checkpoint:
+        if self._data_fingerprint is None:
+            t = self.data.train
+            self._data_fingerprint = ckpt_io.data_fingerprint(t.tokens, t.offsets, t.labels, self.data.label_names,
+                                                              len(self.data.vocab))
+        loss_sum, correct, seen, seconds = running or self.running
+        return ckpt_io.Checkpoint(
+            config=self.cfg, epoch=self.epoch, step=self.step, global_step=self.global_step, seq=self.checkpoint_seq,
+            running={"loss_sum": loss_sum, "correct": correct, "seen": seen, "seconds": seconds},
+            history=self.history, best_score=self.best_score, best_epoch=self.best_epoch,
+            data=self._data_fingerprint, model=self.model.state_dict(), best=self.best_state,
+            optimizer=self.optimizer.state_dict(), schedule=self.schedule.state_dict(),
+            rng=rng if rng is not None else ckpt_io.capture_rng(), processes=self.dist.world_size)
+
+    def save_checkpoint(self) -> None:
+        """Write RUN_DIR/checkpoint (rank 0 only; nothing without an output directory)."""
+        if self.out_dir is None:
+            return
+        rng = self.dist.gather_rng(ckpt_io.capture_rng())  # every rank's generators (all ranks take part)
+        running = (*self.dist.sum(*self.running[:3]), self.running[3])  # the partial epoch of all ranks
+        if not self.dist.is_main:
+            return
+        self.checkpoint_seq += 1
+        ckpt_io.save_checkpoint(self.out_dir, self.make_checkpoint(rng, running))
+
+    def restore_checkpoint(self, ckpt: ckpt_io.Checkpoint) -> None:
+        """Continue from `ckpt` (see resume()): weights, optimiser, schedule, RNGs, position in the epoch."""
+        where = str(ckpt_io.checkpoint_dir(self.out_dir or "."))
+        if ckpt.processes != self.dist.world_size:  # each rank's position is `step` batches into its own shard
+            raise CheckpointError(f"this run was trained by {ckpt.processes} process(es) and this resume has "
+                                  f"{self.dist.world_size}; resume with --nproc {ckpt.processes}", where)
+        t = self.data.train
+        now = ckpt_io.data_fingerprint(t.tokens, t.offsets, t.labels, self.data.label_names, len(self.data.vocab))
+        if ckpt.data != now:
+            raise CheckpointError(f"the training data differ from the checkpoint's ({now['rows']} rows, vocabulary "
+                                  f"{now['vocab_size']} now; {ckpt.data.get('rows')} rows, vocabulary "
+                                  f"{ckpt.data.get('vocab_size')} then); were the data files changed?", where)
+        self._data_fingerprint = now
+        ckpt_io.check_state(ckpt.model, self.model.state_dict(), where)
+        if ckpt.best is not None:
+            ckpt_io.check_state(ckpt.best, self.model.state_dict(), where)
+        self.model.load_state_dict(ckpt.model)
+        try:
+            self.optimizer.load_state_dict(ckpt.optimizer)
+            self.schedule.load_state_dict(ckpt.schedule)
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"optimizer or schedule state does not fit this model ({e})", where) from None
+        r = ckpt.running
+        self.epoch, self.step, self.global_step, self.checkpoint_seq = ckpt.epoch, ckpt.step, ckpt.global_step, ckpt.seq
+        self.running = (float(r["loss_sum"]), int(r["correct"]), int(r["seen"]), float(r["seconds"]))
+        if not self.dist.is_main:  # the sums are all ranks'; rank 0 carries them, the epoch end adds the rest
+            self.running = (0.0, 0, 0, self.running[3])
+        self.history, self.best_score, self.best_epoch = ckpt.history, ckpt.best_score, ckpt.best_epoch
+        self.best_state = ckpt.best
+        ckpt_io.restore_rng(self.dist.rank_rng(ckpt.rng, where))  # last: nothing above may draw from them
+        self.log(f"resumed from {where}: epoch {self.epoch + 1}, step {self.step} ({self.global_step} steps done)")
 
     def finish(self) -> TrainResult:
         """Best weights back in the model, test metrics, run directory."""
@@ -198,21 +322,62 @@ class Trainer:
             "epochs": self.history, "best_epoch": self.best_epoch, "parameters": self.n_params,
             "train_seconds": sum(r["seconds"] for r in self.history), "data_seconds": p.seconds,
             "device": str(self.device), "threads": torch.get_num_threads()}
+        if self.embeddings is not None:
+            metrics["embeddings"] = self.embeddings.summary()
         if p.test is not None:
-            metrics["test"] = evaluate_encoded(self.model, p.test, p.label_names, self.flat, self.device)
+            metrics["test"] = evaluate_encoded(self.model, p.test, p.label_names, self.flat, self.device, self.dist)
             self.log(f"test accuracy {metrics['test']['accuracy']:.4f} (best epoch {self.best_epoch}), "
                      f"macro-F1 {metrics['test']['macro_f1']:.4f}")
         metrics["total_seconds"] = time.perf_counter() - self.t_start
-        if self.out_dir is not None:
+        if self.dist.active:
+            metrics["processes"] = self.dist.world_size
+        if self.out_dir is not None and self.dist.is_main:
             save_run(self.out_dir, self.cfg, p.vocab, p.label_names, self.best_state, metrics)
             self.log(f"saved run to {self.out_dir}")
+            from ..report.plots import write_run_plots  # lazy: matplotlib is optional
+
+            write_run_plots(self.out_dir, metrics, f"{self.cfg.model.model}, {self.n_params:,} parameters", self.log)
+            if ckpt_io.has_checkpoint(self.out_dir):
+                ckpt_io.mark_finished(self.out_dir, self.make_checkpoint())
         return TrainResult(self.cfg, p, self.model, metrics, self.out_dir)
 
 
 def train(cfg: RunConfig, out_dir: str | None = None, *, prepared: Prepared | None = None,
           progress: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:
     """Train a model as `cfg` says; with `out_dir`, write the run directory there."""
-    return Trainer(cfg, out_dir, prepared=prepared, progress=progress, log=log).fit()
+    if out_dir is not None:
+        ckpt_io.prepare_new_run(out_dir)
+    trainer = Trainer(cfg, out_dir, prepared=prepared, progress=progress, log=log)
+    try:
+        return trainer.fit()
+    except RuntimeError as e:
+        if (err := trainer.dist.comm_error(e)) is None:
+            raise
+        raise err from e
+    finally:
+        trainer.dist.close()
+
+
+def resume(run_dir: str, *, progress: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:
+    """Continue the run in `run_dir` from its last checkpoint, with the configuration stored there."""
+    ckpt = ckpt_io.load_checkpoint(run_dir)
+    if ckpt.finished:
+        raise CheckpointError("this run has finished; there is nothing to resume", str(ckpt_io.manifest_path(run_dir)))
+    trainer = Trainer(ckpt.config, str(run_dir), progress=progress, log=log)
+    try:
+        trainer.restore_checkpoint(ckpt)
+        return trainer.fit()
+    except RuntimeError as e:
+        if (err := trainer.dist.comm_error(e)) is None:
+            raise
+        raise err from e
+    finally:
+        trainer.dist.close()
+
+
+@contextmanager
+def _no_interrupt() -> Iterator[ckpt_io.InterruptFlag]:
+    yield ckpt_io.InterruptFlag()
 
 
 def _progress(total: int, desc: str, enabled: bool):

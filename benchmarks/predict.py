@@ -1,0 +1,125 @@
+"""Batch prediction throughput: texts/s of a trained rnntext model (Predictor.probabilities: tokenise,
+encode, length-sorted batches, softmax) and of fastText, on the 7,600 AG News test texts.
+
+    python3 benchmarks/predict.py --run-dir runs/default     # a run written by default_run.py / rnntext train
+    python3 benchmarks/predict.py --quick                    # trains a small model itself (< 60 s)
+
+Writes benchmarks/results/predict.json. Target (issue 3): >= 20,000 texts/s with the default model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import HERE, data_dir, machine, quiet_log, write_json  # noqa: E402
+from rnntext.config import RunConfig  # noqa: E402
+from rnntext.data import encode_texts  # noqa: E402
+from rnntext.data.ag_news import load  # noqa: E402
+from rnntext.data.tokenizer import basic_english  # noqa: E402
+from rnntext.serving.predictor import Predictor  # noqa: E402
+from rnntext.training.trainer import train  # noqa: E402
+
+
+def timed(fn: Any, repeats: int) -> float:
+    """Median seconds of `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def rnntext_rows(run_dir: str, texts: list[str], threads: int, repeats: int, batch_sizes: list[int]) -> list[dict]:
+    pred = Predictor.load(run_dir, device="cpu", threads=threads)
+    n = len(texts)
+    enc_s = timed(lambda: encode_texts(texts, pred.tokenizer, pred.run.vocab), repeats)
+    rows = []
+    for bs in batch_sizes:
+        sec = timed(lambda bs=bs: pred.probabilities(texts, batch_size=bs), repeats)
+        rows.append({"system": "rnntext", "batch_size": bs, "texts_per_second": n / sec, "seconds": sec,
+                     "tokenise_encode_seconds": enc_s, "model_seconds": sec - enc_s})
+        print(f"rnntext batch {bs:5d}: {n / sec:9.0f} texts/s (tokenise+encode {enc_s:.2f}s, "
+              f"model {sec - enc_s:.2f}s of {sec:.2f}s)", flush=True)
+    return rows
+
+
+def fasttext_row(path: str, texts: list[str], threads: int, repeats: int) -> dict[str, Any] | None:
+    try:
+        import fasttext
+    except ImportError:
+        print("fasttext not installed: pip install fasttext-numpy2-wheel")
+        return None
+    train_rows, _ = load(path, progress=False)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        for text, label in zip(train_rows.texts, train_rows.labels):
+            f.write(f"__label__{label.replace('/', '_')} {' '.join(basic_english(text))}\n")
+    try:
+        model = fasttext.train_supervised(f.name, wordNgrams=2, epoch=5, thread=threads, verbose=0, seed=0)
+    finally:
+        os.unlink(f.name)
+    tokenised = [" ".join(basic_english(t)) for t in texts]
+    n = len(texts)
+    sec_raw = timed(lambda: model.predict(tokenised, k=-1), repeats)  # all class probabilities, like rnntext
+    sec_tok = timed(lambda: model.predict([" ".join(basic_english(t)) for t in texts], k=-1), repeats)
+    print(f"fastText (wordNgrams 2): {n / sec_tok:9.0f} texts/s with basic_english tokenising, "
+          f"{n / sec_raw:9.0f} texts/s on pre-tokenised text", flush=True)
+    return {"system": "fasttext", "texts_per_second": n / sec_tok, "seconds": sec_tok,
+            "texts_per_second_pretokenised": n / sec_raw, "config": "wordNgrams 2, 5 epochs, dim 100, k=-1"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir")
+    ap.add_argument("--run-dir", help="a trained run (default: runs/default if it exists, else train one)")
+    ap.add_argument("--threads", type=int, default=None, help="(default: all cores)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-sizes", default="256,512,1024,2048")
+    ap.add_argument("--no-fasttext", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="train a 1-epoch default model on 2,000 batches' worth")
+    ap.add_argument("--out", default="predict")
+    args = ap.parse_args(argv)
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    path = data_dir(args.data_dir)
+    run_dir = args.run_dir
+    trained_here = None
+    if run_dir is None and not args.quick and (HERE.parent / "runs" / "default" / "config.json").exists():
+        run_dir = str(HERE.parent / "runs" / "default")
+    if run_dir is None:
+        # the default configuration; --quick trains one short epoch (the speed does not depend on training)
+        run_dir = tempfile.mkdtemp(prefix="rnntext-predict-")
+        cfg = RunConfig.from_dict({"data": {"dataset": "ag_news", "data_dir": path},
+                                   "train": {"threads": threads, "device": "cpu",
+                                             **({"epochs": 1, "epoch_size": 20} if args.quick else {})}})
+        res = train(cfg, run_dir, progress=False, log=quiet_log)
+        trained_here = res.metrics["test"]["accuracy"]
+        print(f"trained the default model in {run_dir}: test accuracy {trained_here:.4f}")
+    _, test_rows = load(path, progress=False)
+    texts = test_rows.texts
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    rows = rnntext_rows(run_dir, texts, threads, 1 if args.quick else args.repeats, batch_sizes)
+    ft = None if args.no_fasttext else fasttext_row(path, texts, threads, 1 if args.quick else args.repeats)
+    best = max(rows, key=lambda r: r["texts_per_second"])
+    cfg = RunConfig.from_dict(__import__("json").loads((Path(run_dir) / "config.json").read_text()))
+    write_json(args.out, {
+        "benchmark": "predict", "command": "python3 " + " ".join(sys.argv), "machine": machine(threads),
+        "texts": len(texts), "run_dir": run_dir, "model": {k: getattr(cfg.model, k) for k in (
+            "model", "embed_dim", "hidden_dim", "num_layers", "bidirectional", "pooling")},
+        "rnntext": rows, "rnntext_best": best, "fasttext": ft, "quick": args.quick,
+    })
+
+
+if __name__ == "__main__":
+    main()

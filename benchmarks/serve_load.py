@@ -1,0 +1,202 @@
+"""Load test of `rnntext serve`: N concurrent clients on loopback, bounded in time and in requests.
+
+Starts the server itself (uvicorn, in a subprocess, on a free 127.0.0.1 port) from --run-dir, or
+first trains a small run (the default GRU, one short epoch on AG News) when none is given. For
+single-text and 32-text requests it reports requests/s, texts/s, p50/p99 latency, errors (must be
+0) and the mean number of texts per model call (how much the server's batching joined requests).
+Clients and server share the machine's cores, so the figures are a lower bound.
+
+    python3 benchmarks/serve_load.py --run-dir runs/gru
+    python3 benchmarks/serve_load.py --quick          # trains a run, ~30 s of load
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import gzip
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, data_dir, machine, quiet_log, write_json  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def split_file(data: str, split: str) -> Path:
+    for name in (f"{split}.csv.gz", f"{split}.csv"):
+        if (Path(data) / name).exists():
+            return Path(data) / name
+    sys.exit(f"no {split}.csv[.gz] in {data}")
+
+
+def _head(path: Path, n: int) -> bytes:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        return b"".join(f.readline() for _ in range(n))
+
+
+def train_small_run(data: str, out: Path) -> Path:
+    """The default model (bidirectional GRU, embed/hidden 128) on 5,000 rows, 30 batches: its speed,
+    not its accuracy, is what a load test needs."""
+    from rnntext import RunConfig, train
+
+    subset = out.parent / "data"
+    subset.mkdir(parents=True, exist_ok=True)
+    for split, rows in (("train", 5000), ("test", 500)):
+        (subset / f"{split}.csv").write_bytes(_head(split_file(data, split), rows))
+    cfg = RunConfig()
+    cfg.data.dataset, cfg.data.data_dir = "ag_news", str(subset)
+    cfg.train.epochs, cfg.train.epoch_size, cfg.train.device, cfg.train.threads = 1, 30, "cpu", 1
+    print(f"training a small run in {out} ...", flush=True)
+    t0 = time.perf_counter()
+    train(cfg, str(out), progress=False, log=quiet_log)
+    print(f"trained in {time.perf_counter() - t0:.0f}s", flush=True)
+    return out
+
+
+def headlines(data: str, n: int = 2000) -> list[str]:
+    """Title + description of AG News test rows: real lengths for the model."""
+    path = split_file(data, "test")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", newline="") as f:
+        return [f"{row[1]} {row[2]}" for row, _ in zip(csv.reader(f), range(n))]
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
+
+
+async def scenario(url: str, texts: list[str], per_request: int, clients: int, duration: float,
+                   max_requests: int) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors: list[str] = []
+    sent = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
+        for i in range(3):  # warm-up: connections, first model calls
+            await c.post("/predict", json={"texts": texts[i:i + per_request]})
+        before = (await c.get("/health")).json()
+        stop_at = time.perf_counter() + duration
+
+        async def client(k: int) -> None:
+            nonlocal sent
+            i = k * 97
+            while time.perf_counter() < stop_at and sent < max_requests:
+                sent += 1
+                batch = [texts[(i + j) % len(texts)] for j in range(per_request)]
+                i += per_request
+                t0 = time.perf_counter()
+                try:
+                    r = await c.post("/predict", json={"texts": batch})
+                    if r.status_code != 200 or len(r.json()["predictions"]) != per_request:
+                        errors.append(f"HTTP {r.status_code}: {r.text[:200]}")
+                        continue
+                except httpx.HTTPError as e:
+                    errors.append(f"{type(e).__name__}: {e}")
+                    continue
+                latencies.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(k) for k in range(clients)))
+        elapsed = time.perf_counter() - t0
+        after = (await c.get("/health")).json()
+    calls = after["model_calls"] - before["model_calls"]
+    done = len(latencies)
+    return {
+        "texts_per_request": per_request, "clients": clients, "seconds": round(elapsed, 3),
+        "requests": done, "errors": len(errors), "first_errors": errors[:3],
+        "requests_per_second": round(done / elapsed, 1), "texts_per_second": round(done * per_request / elapsed, 1),
+        "latency_ms": {"p50": round(1000 * percentile(latencies, 50), 2) if done else None,
+                       "p99": round(1000 * percentile(latencies, 99), 2) if done else None,
+                       "mean": round(1000 * statistics.fmean(latencies), 2) if done else None},
+        "model_calls": calls, "texts_per_model_call": round((after["texts"] - before["texts"]) / calls, 1)
+        if calls else None,
+    }
+
+
+def start_server(run_dir: Path, port: int, threads: int | None, wait_ms: float, log: Any) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "rnntext", "serve", str(run_dir), "--port", str(port), "--device", "cpu",
+           "--log-level", "warning", "--batch-wait-ms", str(wait_ms)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            sys.exit(f"the server exited with {proc.returncode}:\n{log.read().decode(errors='replace')}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    sys.exit("the server did not start within 120 s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", help="run directory to serve (default: train a small one first)")
+    ap.add_argument("--data-dir", help="AG News directory, for the texts and for training (default: shared data)")
+    ap.add_argument("--clients", type=int, default=16, help="concurrent clients (16)")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds of load per scenario (10)")
+    ap.add_argument("--max-requests", type=int, default=20_000, help="requests per scenario at most (20000)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 32], help="texts per request (1 32)")
+    ap.add_argument("--threads", type=int, help="the server's torch threads (default: all cores)")
+    ap.add_argument("--batch-wait-ms", type=float, default=2.0, help="the server's batching wait (2)")
+    ap.add_argument("--quick", action="store_true", help="3 s per scenario")
+    ap.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/serve_load.json)")
+    args = ap.parse_args()
+    if args.quick:
+        args.duration = 3.0
+    data = data_dir(args.data_dir)
+    texts = headlines(data)
+    with tempfile.TemporaryDirectory(prefix="serve_load.") as tmp, tempfile.TemporaryFile() as log:
+        run_dir = Path(args.run_dir) if args.run_dir else train_small_run(data, Path(tmp) / "run")
+        port = free_port()
+        t0 = time.perf_counter()
+        proc = start_server(run_dir, port, args.threads, args.batch_wait_ms, log)
+        print(f"server up in {time.perf_counter() - t0:.0f}s on 127.0.0.1:{port}", flush=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            results = []
+            for size in args.sizes:
+                r = asyncio.run(scenario(url, texts, size, args.clients, args.duration, args.max_requests))
+                results.append(r)
+                lat = r["latency_ms"]
+                print(f"{size:>3} texts/request, {args.clients} clients: {r['requests_per_second']:8.1f} req/s "
+                      f"{r['texts_per_second']:9.1f} texts/s  p50 {lat['p50']} ms  p99 {lat['p99']} ms  "
+                      f"errors {r['errors']}  texts/model call {r['texts_per_model_call']}", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    payload = {"benchmark": "serve_load", "machine": machine(args.threads),
+               "server": {"run_dir": str(args.run_dir or "trained: default GRU, 30 batches"),
+                          "threads": args.threads or os.cpu_count(), "batch_wait_ms": args.batch_wait_ms,
+                          "host": "127.0.0.1"},
+               "duration_s": args.duration, "max_requests": args.max_requests, "results": results}
+    out = Path(args.out) if args.out else RESULTS / "serve_load.json"
+    write_json(out.stem, payload, out.parent)
+    return 1 if any(r["errors"] for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reports: training curves and confusion-matrix plots, and the multi-model comparison."""

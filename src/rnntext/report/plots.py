@@ -1,0 +1,147 @@
+"""PNG plots of a run: `curves.png` (loss and accuracy per epoch and against training time) and
+`confusion.png` (row-normalised confusion matrix), plus the comparison's accuracy-vs-time scatter.
+
+matplotlib is the optional `plots` extra: it is imported only here, inside the functions, with
+the Agg backend (no display needed), so training works without it."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..io import atomic_write_bytes
+
+CURVES, CONFUSION = "curves.png", "confusion.png"
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)  # the figures call tight_layout(); "tight" bbox would render twice
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def render_curves(history: Sequence[dict[str, Any]], title: str | None = None) -> bytes:
+    """Training loss (top) and train / validation accuracy (bottom), per epoch (left) and
+    against cumulative training seconds (right)."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [r["epoch"] for r in history]
+    elapsed, t = [], 0.0
+    for r in history:
+        t += r["seconds"]
+        elapsed.append(t)
+    loss = [r["train_loss"] for r in history]
+    train_acc = [r["train_accuracy"] for r in history]
+    valid = [(i, r["valid_accuracy"]) for i, r in enumerate(history) if "valid_accuracy" in r]
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharey="row")
+    for col, (xs, xlabel) in enumerate(((epochs, "epoch"), (elapsed, "training time (s)"))):
+        ax = axes[0][col]
+        ax.plot(xs, loss, "o-", color="tab:red", label="train loss")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("cross-entropy" if col == 0 else "")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right")
+        ax = axes[1][col]
+        ax.plot(xs, train_acc, "o-", color="tab:blue", label="train accuracy")
+        if valid:
+            ax.plot([xs[i] for i, _ in valid], [v for _, v in valid], "s--", color="tab:green",
+                    label="validation accuracy")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy" if col == 0 else "")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+    for ax in axes[:, 0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title or "training curves")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def render_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], title: str | None = None) -> bytes:
+    """Each row (true class) divided by its total, so the diagonal is the per-class recall."""
+    plt = _pyplot()
+    k = len(labels)
+    norm = []
+    for row in confusion:
+        total = sum(row)
+        norm.append([v / total if total else 0.0 for v in row])
+    size = max(4.5, 0.6 * k + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    ax.set_xticks(range(k), labels, rotation=45 if max((len(x) for x in labels), default=0) > 6 else 0,
+                  ha="right" if max((len(x) for x in labels), default=0) > 6 else "center")
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 20:  # numbers in the cells stay legible up to about 20 classes
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{norm[i][j]:.2f}", ha="center", va="center", fontsize=9 if k <= 10 else 6,
+                        color="white" if norm[i][j] > 0.5 else "black")
+    n = sum(sum(r) for r in confusion)
+    ax.set_title(title or f"confusion matrix, normalised by true class ({n:,} texts)")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def render_scatter(points: Sequence[dict[str, Any]], ylabel: str = "test accuracy") -> bytes:
+    """Accuracy against training seconds, one labelled point per model."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    xs = [p["seconds"] for p in points]
+    middle = (min(xs) + max(xs)) / 2 if xs else 0.0
+    for p in points:
+        ax.scatter([p["seconds"]], [p["accuracy"]], s=60, zorder=3)
+        right_half = len(points) > 1 and p["seconds"] > middle  # names point inwards, so none leaves the figure
+        ax.annotate(p["name"], (p["seconds"], p["accuracy"]), textcoords="offset points",
+                    xytext=(-6, 5) if right_half else (6, 5), ha="right" if right_half else "left", fontsize=9)
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.2, y=0.15)
+    ax.set_title(f"{ylabel} against training time")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def write_run_plots(run_dir: str | Path, metrics: dict[str, Any], title: str | None = None,
+                    log: Callable[[str], None] | None = None) -> list[Path]:
+    """Write curves.png (from metrics["epochs"]) and confusion.png (from metrics["test"]) into
+    `run_dir`; without matplotlib, say so in one log line and write nothing."""
+    if not have_matplotlib():
+        if log:
+            log("plots skipped: matplotlib is not installed (pip install 'rnntext[plots]')")
+        return []
+    run_dir = Path(run_dir)
+    written = []
+    if metrics.get("epochs"):
+        atomic_write_bytes(run_dir / CURVES, render_curves(metrics["epochs"], title))
+        written.append(run_dir / CURVES)
+    test = metrics.get("test")
+    if test and test.get("confusion"):
+        atomic_write_bytes(run_dir / CONFUSION, render_confusion(test["confusion"], test["labels"]))
+        written.append(run_dir / CONFUSION)
+    return written

@@ -1,0 +1,134 @@
+"""Shared fixtures for the rnntext test suite.
+
+Data
+- `shared_data_dir`: ../shared/data (beside the repository root); tests that use it are skipped if it is missing.
+- `ag_news_dir`: ../shared/data/ag_news_20k (the 20k AG News train subset + canonical test, gzip CSV).
+- `ag_news_small`: a directory with `train.csv` (first 2,000 rows of the 20k train) and `test.csv`
+  (first 500 rows of the canonical test), canonical AG News layout; built once per session.
+- `write_table(path, columns, rows)`: writes CSV / TSV / JSONL, gzip-compressed if the name ends in .gz.
+- `write_data`: the same, rooted at the test's tmp_path: `write_data("train.csv", ["text", "label"], rows)`.
+
+Models
+- `tiny_config(**overrides)`: a RunConfig for a small, fast model (embed 32, hidden 32, threads 1).
+- `trained_run`: a run directory trained once per session on `ag_news_small` (GRU, 1 epoch): reuse it
+  for anything that needs a saved model (evaluate, predict, serving) instead of training again.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rnntext.config import RunConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def write_table(path: str | Path, columns: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> Path:
+    """Write `rows` to `path` as CSV, TSV or JSONL (by suffix; `.gz` compresses).
+
+    `columns` is the header (CSV/TSV) or the JSON keys (JSONL); `None` writes a CSV/TSV without header."""
+    path = Path(path)
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    buf = io.StringIO(newline="")
+    if name.endswith(".jsonl"):
+        assert columns is not None, "JSONL needs column names"
+        for row in rows:
+            buf.write(json.dumps(dict(zip(columns, row)), ensure_ascii=False) + "\n")
+    else:
+        writer = csv.writer(buf, delimiter="\t" if name.endswith(".tsv") else ",", lineterminator="\n")
+        if columns is not None:
+            writer.writerow(columns)
+        writer.writerows(rows)
+    data = buf.getvalue().encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+@pytest.fixture
+def write_data(tmp_path: Path) -> Callable[..., Path]:
+    """`write_data(name, columns, rows)` -> path of the file written under tmp_path (see write_table)."""
+
+    def write(name: str, columns: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> Path:
+        return write_table(tmp_path / name, columns, rows)
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ag_news_dir(shared_data_dir: Path) -> Path:
+    d = shared_data_dir / "ag_news_20k"
+    if not (d / "train.csv.gz").exists() or not (d / "test.csv.gz").exists():
+        pytest.skip(f"AG News files not found in {d}")
+    return d
+
+
+def _head_lines(path: Path, n: int) -> bytes:
+    """The first n lines of a gzip file (AG News rows are one line each)."""
+    with gzip.open(path, "rb") as f:
+        return b"".join(f.readline() for _ in range(n))
+
+
+@pytest.fixture(scope="session")
+def ag_news_small(ag_news_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory with train.csv (2,000 rows) and test.csv (500 rows), canonical AG News layout."""
+    d = tmp_path_factory.mktemp("ag_news_small")
+    (d / "train.csv").write_bytes(_head_lines(ag_news_dir / "train.csv.gz", 2000))
+    (d / "test.csv").write_bytes(_head_lines(ag_news_dir / "test.csv.gz", 500))
+    return d
+
+
+def make_tiny_config(**overrides: Any) -> RunConfig:
+    """A small, fast configuration. Overrides are `section__field=value`, e.g. model__model="lstm"."""
+    cfg = RunConfig()
+    # Pinned here rather than taken from the defaults, so that tuning the defaults does not move the tests.
+    cfg.data.min_freq = 1
+    cfg.model.embed_dim = 32
+    cfg.model.hidden_dim = 32
+    cfg.model.dropout = 0.3
+    cfg.model.embed_dropout = 0.1
+    cfg.train.batch_size = 32
+    cfg.train.lr = 3e-3
+    cfg.train.weight_decay = 0.0
+    cfg.train.epochs = 1
+    cfg.train.threads = 1
+    cfg.train.device = "cpu"
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        obj = getattr(cfg, section)
+        if not hasattr(obj, name):
+            raise AttributeError(f"{section} has no field {name}")
+        setattr(obj, name, value)
+    return cfg
+
+
+@pytest.fixture
+def tiny_config() -> Callable[..., RunConfig]:
+    return make_tiny_config
+
+
+@pytest.fixture(scope="session")
+def trained_run(ag_news_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory (GRU, embed/hidden 32, 1 epoch on 2,000 AG News rows), trained once per session."""
+    from rnntext import train
+
+    cfg = make_tiny_config(data__dataset="ag_news", data__data_dir=str(ag_news_small), train__epochs=1)
+    out = tmp_path_factory.mktemp("trained_run") / "run"
+    train(cfg, str(out), progress=False, log=lambda s: None)
+    return out

@@ -1,0 +1,215 @@
+"""Training end to end: AG News accuracy, determinism, the run directory, --epoch-size, and the
+own-data path (CSV/TSV/JSONL, .gz, string and integer labels, several text columns, --valid-split)."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import rnntext
+from conftest import make_tiny_config
+from rnntext.config import DataConfig
+from rnntext.data import load_splits, prepare
+from rnntext.data.ag_news import CLASSES
+from rnntext.errors import ConfigError, DataError
+from rnntext.training import load_run, train
+from rnntext.training.trainer import Trainer
+
+TIMING_KEYS = {"seconds", "rows_per_second", "train_seconds", "data_seconds", "total_seconds"}
+
+
+def _without_timings(obj):
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [_without_timings(v) for v in obj]
+    return obj
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def ag_runs(ag_news_small: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two runs with the same seed: GRU 32/32, 3 epochs on 2,000 AG News rows (1,900 train, 100 valid)."""
+    cfg = make_tiny_config(data__dataset="ag_news", data__data_dir=str(ag_news_small), data__min_freq=2,
+                           train__epochs=3, train__lr=1e-2)
+    root = tmp_path_factory.mktemp("ag_runs")
+    for name in ("a", "b"):
+        train(cfg, str(root / name), progress=False, log=_quiet)
+    return root / "a", root / "b"
+
+
+def test_ag_news_accuracy(ag_runs: tuple[Path, Path]) -> None:
+    metrics = json.loads((ag_runs[0] / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 500
+    assert metrics["test"]["accuracy"] >= 0.6, metrics["test"]["accuracy"]
+    # it learnt: train loss falls below the chance level ln(4) = 1.386
+    assert metrics["epochs"][-1]["train_loss"] < 1.2
+
+
+def test_run_directory_contents(ag_runs: tuple[Path, Path]) -> None:
+    run_dir = ag_runs[0]
+    assert {"config.json", "vocab.json", "labels.json", "model.safetensors", "metrics.json"} <= \
+        {p.name for p in run_dir.iterdir()}
+    assert json.loads((run_dir / "labels.json").read_text()) == CLASSES
+    vocab = json.loads((run_dir / "vocab.json").read_text())
+    assert vocab[:2] == ["<pad>", "<unk>"]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"]["vocab_size"] == len(vocab) and config["model"]["num_classes"] == 4
+    assert config["data"]["min_freq"] == 2 and config["train"]["epochs"] == 3
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
+    for e in metrics["epochs"]:
+        assert {"train_loss", "train_accuracy", "valid_accuracy", "seconds"} <= set(e)
+        assert 0 <= e["train_accuracy"] <= 1 and 0 <= e["valid_accuracy"] <= 1 and e["seconds"] > 0
+    best = max(metrics["epochs"], key=lambda e: e["valid_accuracy"])
+    assert metrics["best_epoch"] == best["epoch"]
+    assert {"accuracy", "macro_f1", "per_class", "confusion"} <= set(metrics["test"])
+    # the saved weights are the best epoch's: evaluating them gives the saved test metrics
+    from rnntext.training.evaluate import evaluate_run
+
+    assert evaluate_run(run_dir, device="cpu", threads=1)["accuracy"] == metrics["test"]["accuracy"]
+
+
+def test_same_seed_same_run(ag_runs: tuple[Path, Path]) -> None:
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in ag_runs)
+    assert _without_timings(a) == _without_timings(b)
+    wa, wb = (load_file(d / "model.safetensors") for d in ag_runs)
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+class _CountingTrainer(Trainer):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[int] = []
+
+    def train_step(self, idx: torch.Tensor):
+        self.batches.append(idx.numel())
+        return super().train_step(idx)
+
+
+def test_epoch_size_cuts_epochs(ag_news_small: Path) -> None:
+    cfg = make_tiny_config(data__dataset="ag_news", data__data_dir=str(ag_news_small), train__epochs=2,
+                           train__epoch_size=3, train__batch_size=16, model__model="bag")
+    t = _CountingTrainer(cfg, progress=False, log=_quiet)
+    result = t.fit()
+    assert t.batches == [16] * 6
+    assert len(result.metrics["epochs"]) == 2
+    # a different seed gives a different order; epochs differ from each other
+    assert [b.tolist() for b in t.epoch_order(0)] != [b.tolist() for b in t.epoch_order(1)]
+
+
+# ---- own data ---------------------------------------------------------------------------------
+
+WORDS = {"pos": ["great", "wonderful", "superb", "loved"], "neg": ["awful", "boring", "terrible", "hated"],
+         "mixed": ["okay", "average", "fine", "mediocre"]}
+FILLER = ["the", "film", "was", "plot", "actors", "and", "a", "story", "it", "really", "quite", "music"]
+
+
+def _synthetic(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
+    """(title, body, label) rows whose label shows in a keyword among filler words."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = list(WORDS)[i % 3]
+        body = [rng.choice(FILLER) for _ in range(rng.randint(3, 25))]
+        body.insert(rng.randint(0, len(body)), rng.choice(WORDS[label]))
+        rows.append((f"Review {i}", " ".join(body), label))
+    return rows
+
+
+@pytest.mark.parametrize("name", ["train.csv", "train.tsv", "train.jsonl", "train.csv.gz", "train.jsonl.gz"])
+def test_own_data_formats(write_data: Callable[..., Path], name: str) -> None:
+    rows = _synthetic(60)
+    path = write_data(name, ["title", "text", "label"], rows)
+    cfg = DataConfig(train=str(path), valid_split=0.0)
+    splits = load_splits(cfg)
+    assert splits.label_names == ["mixed", "neg", "pos"]
+    assert splits.train.texts == [r[1] for r in rows]
+    assert splits.train.labels == [r[2] for r in rows]
+    assert splits.valid is None and splits.test is None
+
+
+def test_several_text_columns_are_joined(write_data: Callable[..., Path]) -> None:
+    path = write_data("train.csv", ["title", "body", "label"], [("Big News", "Markets rose.", "b"), ("X", "y", "a")])
+    splits = load_splits(DataConfig(train=str(path), text_columns=["title", "body"], valid_split=0.0))
+    assert splits.train.texts == ["Big News Markets rose.", "X y"]
+    p = prepare(DataConfig(train=str(path), text_columns=["title", "body"], valid_split=0.0, min_freq=1),
+                progress=False)
+    assert {"big", "news", "markets", "rose", "."} <= set(p.vocab.itos)
+
+
+def test_integer_labels_in_numeric_order(write_data: Callable[..., Path]) -> None:
+    path = write_data("train.csv", ["label", "text"], [(10, "a"), (2, "b"), (0, "c"), (2, "d")])
+    splits = load_splits(DataConfig(train=str(path), valid_split=0.0))
+    assert splits.label_names == ["0", "2", "10"]
+
+
+def test_valid_split_is_reproducible(write_data: Callable[..., Path]) -> None:
+    rows = _synthetic(200)
+    path = write_data("train.csv", ["title", "text", "label"], rows)
+    cfg = DataConfig(train=str(path), valid_split=0.1)
+    a, b, c = load_splits(cfg, seed=0), load_splits(cfg, seed=0), load_splits(cfg, seed=1)
+    assert len(a.valid) == 20 and len(a.train) == 180
+    assert a.valid.texts == b.valid.texts and a.train.texts == b.train.texts
+    assert a.valid.texts != c.valid.texts
+    assert sorted(a.train.texts + a.valid.texts) == sorted(r[1] for r in rows)
+    with pytest.raises(ConfigError, match="valid-split"):
+        load_splits(DataConfig(train=str(path), valid_split=0.001))
+
+
+def test_unknown_label_in_test_names_file_and_line(write_data: Callable[..., Path]) -> None:
+    train_path = write_data("train.csv", ["text", "label"], [("a", "x"), ("b", "y")])
+    test_path = write_data("test.csv", ["text", "label"], [("a", "x"), ("c", "z")])
+    with pytest.raises(DataError, match=r"test\.csv:3: label 'z' never appears in the training data"):
+        load_splits(DataConfig(train=str(train_path), test=str(test_path), valid_split=0.0))
+
+
+def test_own_data_train_predict(write_data: Callable[..., Path], tmp_path: Path) -> None:
+    """String labels go in, the same names come out of metrics, labels.json and predictions."""
+    train_path = write_data("train.jsonl.gz", ["title", "text", "label"], _synthetic(600, seed=1))
+    test_path = write_data("test.tsv", ["title", "text", "label"], _synthetic(90, seed=2))
+    cfg = make_tiny_config(data__train=str(train_path), data__test=str(test_path), train__epochs=5,
+                           train__lr=1e-2, model__model="lstm", model__bidirectional=False, model__pooling="max")
+    result = train(cfg, str(tmp_path / "run"), progress=False, log=_quiet)
+    assert set(result.metrics["test"]["per_class"]) == {"mixed", "neg", "pos"}
+    assert result.metrics["test"]["accuracy"] >= 0.9
+    assert len(result.prepared.valid) == 30  # 5% of 600 by default
+    assert load_run(tmp_path / "run").label_names == ["mixed", "neg", "pos"]
+    preds = rnntext.load(tmp_path / "run", device="cpu").predict(["the plot was superb and the music great",
+                                                                   "boring and awful"])
+    assert [p.label for p in preds] == ["pos", "neg"]
+
+
+def test_skipped_rows_are_counted_with_a_valid_split(write_data: Callable[..., Path]) -> None:
+    rows = [(r[1], r[2]) for r in _synthetic(40)] + [("a row without a label", "")]
+    path = write_data("train.csv", ["text", "label"], rows)
+    p = prepare(DataConfig(train=str(path), skip_bad_rows=True, valid_split=0.1), progress=False)
+    assert p.skipped == {str(path): 1}
+    assert len(p.train) + len(p.valid) == 40
+
+
+@pytest.mark.parametrize("total_steps", [1, 2, 3, 4, 5, 7, 8, 50])
+def test_lr_schedule_any_number_of_steps(total_steps: int) -> None:
+    """A tiny file gives a handful of steps; the schedule must still work (OneCycleLR needs >= 4)."""
+    from rnntext.config import RunConfig
+    from rnntext.training.trainer import make_schedule
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    schedule = make_schedule(RunConfig(), optimizer, total_steps)
+    lrs = []
+    for _ in range(total_steps):
+        optimizer.step()
+        schedule.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert all(0 < lr <= 0.01 + 1e-12 for lr in lrs)
