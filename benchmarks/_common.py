@@ -15,6 +15,11 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+
+
+def results_dir() -> Path:
+    """benchmarks/results, or $RNNTEXT_BENCH_RESULTS (the tests write there)."""
+    return Path(os.environ.get("RNNTEXT_BENCH_RESULTS") or RESULTS)
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "ag_news_20k"
 
 
@@ -52,7 +57,8 @@ def machine(threads: int | None = None) -> dict[str, Any]:
     return info
 
 
-def write_json(name: str, payload: dict[str, Any], out_dir: Path = RESULTS) -> Path:
+def write_json(name: str, payload: dict[str, Any], out_dir: Path | None = None) -> Path:
+    out_dir = out_dir or results_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_dir, machine, quiet_log, write_json  # noqa: E402
+from _common import data_dir, machine, quiet_log, results_dir, write_json  # noqa: E402
 from rnntext.config import RunConfig  # noqa: E402
 from rnntext.data import prepare  # noqa: E402
 from rnntext.data.ag_news import load  # noqa: E402
@@ -135,9 +135,11 @@ def run_fasttext(path: str, threads: int, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], fasttext_rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
+def markdown(rows: list[dict[str, Any]], fasttext_rows: list[dict[str, Any]], info: dict[str, Any],
+             quick: bool = False) -> str:
     lines = [f"AG News (20k train subset, canonical 7,600-row test); {info['cpu']}, {info['threads']} threads, "
-             f"torch {info['torch']}; `python3 benchmarks/accuracy.py`",
+             f"torch {info['torch']}; `python3 benchmarks/accuracy.py`"
+             + (" --quick (a smoke run: 20 batches per model, not a result)" if quick else ""),
              "", "| model | test accuracy | training time | parameters |", "|---|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['description']} | {r['test_accuracy'] * 100:.2f}% | {r['train_seconds']:.0f} s | "
@@ -185,8 +187,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nbest recurrent: {b['name']} {b['test_accuracy']:.4f} in {b['train_seconds']:.0f}s; "
               f"best fastText: {f['name']} {f['test_accuracy']:.4f}")
     write_json(args.out, payload)
-    md = RESULTS / f"{args.out}.md"
-    md.write_text(markdown(rows, ft, info))
+    md = results_dir() / f"{args.out}.md"
+    md.write_text(markdown(rows, ft, info, args.quick))
     print(f"wrote {md}")
 
 

@@ -30,7 +30,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 sys.path.insert(0, str(HERE))
-from _common import RESULTS, data_dir, machine  # noqa: E402
+from _common import data_dir, machine, results_dir  # noqa: E402
 
 
 def train_command(nproc: int, args: argparse.Namespace, device: str) -> list[str]:
@@ -84,7 +84,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="CPU threads per process (default: cores // processes)")
     ap.add_argument("--no-gpu", action="store_true", help="skip the GPU runs even where CUDA is available")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run before giving up")
-    ap.add_argument("--out", help="results JSON (default benchmarks/results/distributed.json)")
+    ap.add_argument("--out", help="results JSON (default benchmarks/results/distributed.json, or in "
+                    "$RNNTEXT_BENCH_RESULTS)")
     args = ap.parse_args()
     args.data_dir = data_dir(args.data_dir)
     args.steps = args.steps or (30 if args.quick else 150)
@@ -123,7 +124,7 @@ def main() -> None:
                "config": {"model": args.model, "dim": args.dim, "batch_per_process": args.batch_size,
                           "steps": args.steps, "repeats": args.repeats, "data_dir": args.data_dir},
                "results": rows, "notes": notes}
-    out = Path(args.out) if args.out else RESULTS / "distributed.json"
+    out = Path(args.out) if args.out else results_dir() / "distributed.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out}")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_dir, machine, quiet_log, write_json  # noqa: E402
+from _common import data_dir, machine, quiet_log, results_dir, write_json  # noqa: E402
 from rnntext.config import RunConfig  # noqa: E402
 from rnntext.data import Prepared, Tokenizer, Vocab  # noqa: E402
 from rnntext.data.ag_news import CLASSES, find_split  # noqa: E402
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"length: R² {fit_len['r2']:.3f}, seconds per token, 4x vs title only: "
           f"x{fit_len['cost_per_unit_ratio_largest_vs_smallest']:.2f}")
     info = machine(threads)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(by_rows, by_length, RESULTS / f"{args.out}.png", info)
+    results_dir().mkdir(parents=True, exist_ok=True)
+    plot(by_rows, by_length, results_dir() / f"{args.out}.png", info)
     write_json(args.out, {"benchmark": "scaling", "command": "python3 " + " ".join(sys.argv), "machine": info,
                           "quick": args.quick, "config": "rnntext defaults (config.py), one epoch, seed 0",
                           "by_rows": by_rows, "by_length": by_length,

@@ -65,6 +65,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--epoch-size", type=int, help="stop each epoch after this many batches")
     t.add_argument("--no-bucket", dest="bucket", action="store_false", default=None,
                    help="plain shuffled batches instead of length buckets")
+    t.add_argument("--lazy-embedding", action="store_true", default=None,
+                   help="on a CPU, update only the embedding rows of each batch's words (faster with small "
+                        "batches and large vocabularies; changes the optimiser's results)")
     t.add_argument("--nproc", type=int, help="train data-parallel in N processes on this machine (torchrun "
                    "--standalone); on several nodes run torchrun yourself, see the README")
     t.add_argument("--dist-timeout", type=float, help="seconds a distributed process waits for a dead or stuck "
@@ -198,6 +201,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
          weight_decay=args.weight_decay, clip=args.clip, seed=args.seed, device=args.device,
          threads=args.threads, epoch_size=args.epoch_size, bucket=args.bucket, dist_timeout=args.dist_timeout)
     _set(cfg.train, checkpoint_every=args.checkpoint_every)
+    _set(cfg.train, lazy_embedding=getattr(args, "lazy_embedding", None))
     if cfg.train.checkpoint_every is not None and args.out is None:
         raise ConfigError("--checkpoint-every needs --out (checkpoints are written into the run directory)")
     cfg.validate()
@@ -217,6 +221,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
         return launch(args.argv, args.nproc)
     result = train(cfg, args.out, progress=not args.quiet)
+    return _print_result(result, args)
+
+
+def _print_result(result: Any, args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":  # a distributed run reports once, from rank 0
         return 0
     if args.json:
@@ -246,13 +254,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print(f"rnntext: {args.resume} has finished training; nothing to resume", file=sys.stderr)
         return 0
     result = resume(args.resume, progress=not args.quiet)
-    if os.environ.get("RANK", "0") != "0":  # a distributed run reports once, from rank 0
-        return 0
-    if args.json:
-        print(json.dumps(result.metrics, indent=2))
-    elif "test" in result.metrics:
-        print(f"test accuracy {result.metrics['test']['accuracy']:.4f}")
-    return 0
+    return _print_result(result, args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

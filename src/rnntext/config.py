@@ -98,6 +98,7 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads (None: all cores)
     checkpoint_every: int | None = None  # steps between mid-epoch checkpoints
     dist_timeout: float = 300.0  # seconds a distributed collective waits for a dead or stuck rank
+    lazy_embedding: bool = False  # CPU: Adam updates only the embedding rows of a batch's words (training/optim.py)
 
     def validate(self) -> None:
         if self.epochs < 1:

@@ -55,8 +55,9 @@ def launched() -> bool:
 
 
 def threads_per_rank() -> int:
-    """CPU threads for this process: the cores shared among the ranks on this machine, at least 1."""
-    local_world = _env_int("LOCAL_WORLD_SIZE", 1) if launched() else 1
+    """CPU threads for this process: the cores shared among the ranks on this machine, at least 1
+    (a launcher that does not say how many ranks share this machine: assume all of them do)."""
+    local_world = _env_int("LOCAL_WORLD_SIZE", _env_int("WORLD_SIZE")) if launched() else 1
     return max(1, (os.cpu_count() or 1) // max(local_world, 1))
 
 
@@ -249,8 +250,11 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     proc = subprocess.Popen(launch_command(argv, nproc), env=env)
     try:
         rc = proc.wait()
-    except KeyboardInterrupt:  # the workers got the same Ctrl-C; let torchrun tidy up
-        rc = proc.wait()
+    except KeyboardInterrupt:  # torchrun got the Ctrl-C too and passes it on: the workers checkpoint and stop
+        proc.wait()
+        print("rnntext: interrupted (a run with --out saved a checkpoint: see above how to resume it)",
+              file=sys.stderr)
+        return 130
     if rc != 0:
         print(f"rnntext: error: {nproc}-process training failed (torchrun exit status {rc}); the first failure "
               "is under 'Root Cause' above", file=sys.stderr)

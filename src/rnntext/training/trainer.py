@@ -23,7 +23,7 @@ from ..data.vectors import copy_into, embeddings_for_run
 from ..errors import CheckpointError, TrainingInterrupted
 from ..model import build_model, uses_flat_batches
 from . import checkpoint as ckpt_io
-from . import distributed
+from . import distributed, optim
 from .metrics import classification_report
 from .rundir import save_run, state_to_cpu
 
@@ -140,11 +140,12 @@ class Trainer:
         self.flat = uses_flat_batches(cfg.model)
         self.n_params = sum(q.numel() for q in self.model.parameters())
         self.log(f"model: {cfg.model.model}, {self.n_params:,} parameters, device {self.device}")
-        # fused: one kernel per tensor instead of ~7 passes; on a CPU the update of a 40k-word
-        # embedding is most of a step's time otherwise (benchmarks/throughput.py)
-        fused = self.device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
-                                           weight_decay=cfg.train.weight_decay, fused=fused or None)
+        # fused: one kernel per tensor instead of ~7 passes; --lazy-embedding: on a CPU only the embedding
+        # rows of a batch's words are updated (optim.py; benchmarks/throughput.py)
+        self.lazy_embedding = cfg.train.lazy_embedding and optim.use_lazy_embedding(self.model, self.device,
+                                                                                    self.dist.active)
+        self.optimizer = optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                     fused=self.device.type in ("cpu", "cuda") or None)
         self.steps_per_epoch = len(self.epoch_order(0))
         self.schedule = make_schedule(cfg, self.optimizer, self.steps_per_epoch * cfg.train.epochs)
         if self.dist.active:
@@ -178,7 +179,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.train.clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip)
+            optim.clip_grad_norm(self.model.parameters(), self.cfg.train.clip)  # sparse gradients too
         self.optimizer.step()
         self.schedule.step()
         n = len(b)
@@ -253,7 +254,8 @@ class Trainer:
 
             raise TrainingInterrupted(
                 f"training interrupted; checkpoint saved at epoch {self.epoch + 1}, step {self.step}. "
-                f"Resume with: rnntext train --resume {shlex.quote(str(self.out_dir))}")
+                f"Resume with: rnntext train --resume {shlex.quote(str(self.out_dir))}"
+                + (f" --nproc {self.dist.world_size}" if self.dist.active else ""))
 
     def make_checkpoint(self, rng: dict[str, Any] | None = None,
                         running: tuple[float, float, float, float] | None = None) -> ckpt_io.Checkpoint:
