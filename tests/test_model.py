@@ -32,7 +32,7 @@ def _model(cell: str, bidirectional: bool, layers: int, pooling: str, packed: bo
     torch.manual_seed(0)
     m = RecurrentClassifier(VOCAB, CLASSES, cell=cell, embed_dim=8, hidden_dim=16, num_layers=layers,
                             bidirectional=bidirectional, dropout=0.2, embed_dropout=0.1, pooling=pooling,
-                            packed=packed)
+                            packed=packed, pack_on_cpu=True)  # really pack here, on the CPU
     return m.eval()
 
 
@@ -125,6 +125,24 @@ def test_matches_pytorch_bidirectional_multilayer_on_packed_input(cell: str) -> 
             got = model.encode(tokens, lengths)
             for i, n in enumerate(LENGTHS):
                 assert torch.allclose(got[i, :n], expected[i, :n], atol=1e-5), (cell, is_packed, i)
+
+
+def test_packed_model_runs_padded_on_cpu_unless_told() -> None:
+    """On a CPU a packed model runs as masked padding (faster, same logits); pack_on_cpu packs."""
+    model = _model("lstm", True, 1, "last", packed=True).eval()
+    tokens, lengths = _batch(LENGTHS)
+    with torch.no_grad():
+        packed_out = model.encode(tokens, lengths)
+        packed_logits = model(tokens, lengths)
+        model.pack_on_cpu = False
+        assert not model.packs_on(torch.device("cpu")) and model.packs_on(torch.device("cuda"))
+        padded_out = model.encode(tokens, lengths)
+        padded_logits = model(tokens, lengths)
+    short = int(torch.argmin(lengths))
+    n = int(lengths[short])
+    assert torch.all(packed_out[short, n:] == 0)  # pad_packed_sequence fills zeros past the length
+    assert torch.any(padded_out[short, n:] != 0)  # the padded kernels ran over the padding
+    assert torch.allclose(packed_logits, padded_logits, atol=1e-5, rtol=0)
 
 
 def test_masked_mean_and_max() -> None:

@@ -47,7 +47,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--num-layers", type=int)
     m.add_argument("--pooling", choices=POOLINGS)
     m.add_argument("--packed", action=argparse.BooleanOptionalAction, default=None,
-                   help="run on packed sequences (pack_padded_sequence) instead of masked padding")
+                   help="run on packed sequences (pack_padded_sequence) instead of masked padding; on a CPU "
+                   "this runs as masked padding (same outputs, faster) unless --pack-on-cpu")
+    m.add_argument("--pack-on-cpu", action="store_true", default=None,
+                   help="with --packed: pack on the CPU too (slower; for comparison)")
     m.add_argument("--embed-dim", type=int)
     m.add_argument("--hidden-dim", type=int)
     m.add_argument("--dropout", type=float)
@@ -195,7 +198,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
          vocab_from_embeddings=args.vocab_from_embeddings, vocab_from_embeddings_max=args.vocab_from_embeddings_max)
     _set(cfg.model, freeze_embeddings=args.freeze_embeddings)
     _set(cfg.model, model=args.model, bidirectional=args.bidirectional, num_layers=args.num_layers,
-         pooling=args.pooling, packed=args.packed, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
+         pooling=args.pooling, packed=args.packed, pack_on_cpu=args.pack_on_cpu, embed_dim=args.embed_dim,
+         hidden_dim=args.hidden_dim,
          dropout=args.dropout, embed_dropout=args.embed_dropout)
     _set(cfg.train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
          weight_decay=args.weight_decay, clip=args.clip, seed=args.seed, device=args.device,

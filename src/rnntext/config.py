@@ -65,6 +65,7 @@ class ModelConfig:
     embed_dropout: float = 0.3
     pooling: str = "meanmax"  # last | mean | max | meanmax
     packed: bool = False
+    pack_on_cpu: bool = False  # a packed model runs as masked padding on a CPU (same outputs, ~2x faster)
     vocab_size: int = 0  # filled in from the vocabulary
     num_classes: int = 0  # filled in from the labels
     padding_idx: int = 0
