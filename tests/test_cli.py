@@ -112,3 +112,21 @@ def test_user_errors_are_one_line(tmp_path: Path, args: list[str], message: str)
     lines = r.stderr.strip().splitlines()
     assert lines[-1].startswith("rnntext: error: ") and message in lines[-1], r.stderr
     assert len(lines) == 1 or lines[0].startswith("usage: "), r.stderr  # argparse adds its usage line
+
+
+
+def test_evaluate_works_from_another_directory(tmp_path: Path) -> None:
+    """config.json records absolute data paths, so a run evaluates from any working directory."""
+    work = tmp_path / "work"
+    work.mkdir()
+    rows = [(f"{w} {w} story {i}", lab) for i in range(60) for w, lab in (("goal", "sport"), ("stock", "money"))]
+    write_table(work / "train.csv", ["text", "label"], rows)
+    write_table(work / "test.csv", ["text", "label"], rows[:20])
+    train = [sys.executable, "-m", "rnntext", "train", "--train", "train.csv", "--test", "test.csv", "--epochs", "1",
+             "--embed-dim", "8", "--hidden-dim", "8", "--threads", "1", "-q", "--out", str(tmp_path / "run")]
+    done = subprocess.run(train, cwd=work, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ev = subprocess.run([sys.executable, "-m", "rnntext", "evaluate", str(tmp_path / "run"), "--json"],
+                        cwd=tmp_path, capture_output=True, text=True)
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["n"] == 20

@@ -363,7 +363,9 @@ def test_cli_options_reach_the_config() -> None:
                                       "--no-embeddings-lowercase"])
     cfg = config_from_args(args)
     assert (cfg.data.embeddings, cfg.data.vocab_from_embeddings, cfg.data.vocab_from_embeddings_max,
-            cfg.data.embeddings_lowercase, cfg.model.freeze_embeddings) == ("v.vec", True, 7, False, True)
+            cfg.data.embeddings_lowercase, cfg.model.freeze_embeddings) == (str(Path("v.vec").resolve()), True, 7,
+                                                                             False, True)
+    assert cfg.data.train == str(Path("t.csv").resolve())  # config.json records absolute paths
     cfg = config_from_args(build_parser().parse_args(["train", "--train", "t.csv"]))
     assert (cfg.data.embeddings, cfg.data.embeddings_lowercase, cfg.model.freeze_embeddings) == (None, True, False)
 

@@ -208,6 +208,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     _set(cfg.train, lazy_embedding=getattr(args, "lazy_embedding", None))
     if cfg.train.checkpoint_every is not None and args.out is None:
         raise ConfigError("--checkpoint-every needs --out (checkpoints are written into the run directory)")
+    # config.json records absolute paths, so `rnntext evaluate RUN` works from any directory
+    for name in ("data_dir", "train", "valid", "test", "embeddings"):
+        if getattr(d, name):
+            setattr(d, name, os.path.abspath(getattr(d, name)))
     cfg.validate()
     return cfg
 

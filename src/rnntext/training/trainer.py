@@ -344,13 +344,11 @@ class Trainer:
         return TrainResult(self.cfg, p, self.model, metrics, self.out_dir)
 
 
-def train(cfg: RunConfig, out_dir: str | None = None, *, prepared: Prepared | None = None,
-          progress: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train a model as `cfg` says; with `out_dir`, write the run directory there."""
-    if out_dir is not None:
-        ckpt_io.prepare_new_run(out_dir)
-    trainer = Trainer(cfg, out_dir, prepared=prepared, progress=progress, log=log)
+def _fit(trainer: Trainer, ckpt: ckpt_io.Checkpoint | None = None) -> TrainResult:
+    """Run `trainer` (from `ckpt` when resuming); a broken process group becomes a one-line error."""
     try:
+        if ckpt is not None:
+            trainer.restore_checkpoint(ckpt)
         return trainer.fit()
     except RuntimeError as e:
         if (err := trainer.dist.comm_error(e)) is None:
@@ -358,6 +356,14 @@ def train(cfg: RunConfig, out_dir: str | None = None, *, prepared: Prepared | No
         raise err from e
     finally:
         trainer.dist.close()
+
+
+def train(cfg: RunConfig, out_dir: str | None = None, *, prepared: Prepared | None = None,
+          progress: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train a model as `cfg` says; with `out_dir`, write the run directory there."""
+    if out_dir is not None:
+        ckpt_io.prepare_new_run(out_dir)
+    return _fit(Trainer(cfg, out_dir, prepared=prepared, progress=progress, log=log))
 
 
 def resume(run_dir: str, *, progress: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:
@@ -365,16 +371,7 @@ def resume(run_dir: str, *, progress: bool = True, log: Callable[[str], None] | 
     ckpt = ckpt_io.load_checkpoint(run_dir)
     if ckpt.finished:
         raise CheckpointError("this run has finished; there is nothing to resume", str(ckpt_io.manifest_path(run_dir)))
-    trainer = Trainer(ckpt.config, str(run_dir), progress=progress, log=log)
-    try:
-        trainer.restore_checkpoint(ckpt)
-        return trainer.fit()
-    except RuntimeError as e:
-        if (err := trainer.dist.comm_error(e)) is None:
-            raise
-        raise err from e
-    finally:
-        trainer.dist.close()
+    return _fit(Trainer(ckpt.config, str(run_dir), progress=progress, log=log), ckpt)
 
 
 @contextmanager
