@@ -160,8 +160,12 @@ class RunConfig:
 def _build(klass: type, values: dict[str, Any]) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{klass.__name__}: expected an object, got {type(values).__name__}")
-    names = {f.name for f in dataclasses.fields(klass)}
-    unknown = set(values) - names
+    unknown = unknown_fields(klass, values)
     if unknown:
-        raise ConfigError(f"{klass.__name__}: unknown keys {sorted(unknown)}")
+        raise ConfigError(f"{klass.__name__}: unknown keys {unknown}")
     return klass(**values)
+
+
+def unknown_fields(klass: type, values: dict[str, Any]) -> list[str]:
+    """Keys of `values` that are not fields of the dataclass `klass`, sorted."""
+    return sorted(set(values) - {f.name for f in dataclasses.fields(klass)})

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig, RunConfig, TrainConfig
+from ..config import ModelConfig, RunConfig, TrainConfig, unknown_fields
 from ..errors import ConfigError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..presets import PRESETS
@@ -80,10 +80,9 @@ def parse_entries(obj: Any, source: str = "<config>") -> list[Entry]:
             values = item.get(section, {})
             if not isinstance(values, dict):
                 raise ConfigError(f"{where}: '{section}' must be an object, got {type(values).__name__}")
-            names = {f.name for f in dataclasses.fields(klass)}
-            bad = set(values) - names
+            bad = unknown_fields(klass, values)
             if bad:
-                raise ConfigError(f"{where}: unknown {section} settings {sorted(bad)}")
+                raise ConfigError(f"{where}: unknown {section} settings {bad}")
         default = preset or item.get("model", {}).get("model") or f"run{i}"
         name = _safe_name(str(item.get("name") or default))
         if name in seen:

@@ -77,6 +77,8 @@ def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
     params = [p for p in parameters if p.grad is not None]
     if not params:
         return torch.tensor(0.0)
+    if not any(p.grad.is_sparse for p in params):  # the usual case: torch's own (foreach) implementation
+        return nn.utils.clip_grad_norm_(params, max_norm)
     for p in params:
         if p.grad.is_sparse:
             p.grad = p.grad.coalesce()  # duplicate rows summed, so the norm is the gradient's
