@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -22,7 +23,7 @@ class Encoded:
     def __len__(self) -> int:
         return self.labels.numel()
 
-    @property
+    @cached_property  # read once per training batch: computed once (an Encoded is never modified)
     def lengths(self) -> Tensor:
         return self.offsets[1:] - self.offsets[:-1]
 

@@ -138,14 +138,15 @@ class Trainer:
         self.train_module = self.dist.wrap(self.model)  # DDP when distributed; self.model stays unprefixed
         distributed.seed_rank(cfg.train.seed, self.dist)
         self.flat = uses_flat_batches(cfg.model)
-        self.n_params = sum(q.numel() for q in self.model.parameters())
+        self.params = list(self.model.parameters())
+        self.n_params = sum(q.numel() for q in self.params)
         self.log(f"model: {cfg.model.model}, {self.n_params:,} parameters, device {self.device}")
-        # fused: one kernel per tensor instead of ~7 passes; --lazy-embedding: on a CPU only the embedding
-        # rows of a batch's words are updated (optim.py; benchmarks/throughput.py)
-        self.lazy_embedding = cfg.train.lazy_embedding and optim.use_lazy_embedding(self.model, self.device,
-                                                                                    self.dist.active)
+        # fused: one kernel per tensor instead of ~7 passes; on a CPU a sparse embedding gradient; with
+        # --lazy-embedding only the embedding rows of a batch's words are updated (optim.py)
+        sparse = optim.use_sparse_embedding(self.model, self.device, self.dist.active)
+        self.lazy_embedding = cfg.train.lazy_embedding and sparse
         self.optimizer = optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                                     fused=self.device.type in ("cpu", "cuda") or None)
+                                     fused=self.device.type in ("cpu", "cuda") or None, lazy=self.lazy_embedding)
         self.steps_per_epoch = len(self.epoch_order(0))
         self.schedule = make_schedule(cfg, self.optimizer, self.steps_per_epoch * cfg.train.epochs)
         if self.dist.active:
@@ -176,7 +177,8 @@ class Trainer:
         b = make_batch(self.data.train, idx, self.flat).to(self.device)
         logits = self.train_module(b.tokens, b.lengths, b.offsets)
         loss = F.cross_entropy(logits, b.labels)
-        self.optimizer.zero_grad(set_to_none=True)
+        for q in self.params:  # optimizer.zero_grad(set_to_none=True) without its per-step overhead
+            q.grad = None
         loss.backward()
         if self.cfg.train.clip:
             optim.clip_grad_norm(self.model.parameters(), self.cfg.train.clip)  # sparse gradients too
