@@ -59,6 +59,76 @@ def test_packed_equals_padded(combo: tuple) -> None:
     assert torch.allclose(padded, packed, atol=1e-5, rtol=0), (padded - packed).abs().max()
 
 
+@pytest.mark.parametrize("combo", COMBOS, ids=[_id(c) for c in COMBOS])
+def test_forward_pools_directions_as_pool_of_encode(combo: tuple) -> None:
+    # forward() pools the backward direction in its reading order and, in eval mode, embeds the reversed
+    # token ids; it must equal pooling the text-ordered encode() output, in eval and in training mode
+    cell, bi, layers, pooling = combo
+    model = _model(cell, bi, layers, pooling)
+    tokens, lengths = _batch(LENGTHS)
+    with torch.no_grad():
+        expected = model.fc(model.pool(model.encode(tokens, lengths), lengths))
+        assert torch.allclose(model(tokens, lengths), expected, atol=1e-6, rtol=0)
+        model.train()
+        torch.manual_seed(1)
+        got = model(tokens, lengths)
+        torch.manual_seed(1)
+        expected = model.fc(model.dropout(model.pool(model.encode(tokens, lengths), lengths)))
+        assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("bi", [False, True], ids=["uni", "bi"])
+def test_gru_inference_from_input_tables_equals_nn_gru(bi: bool, layers: int) -> None:
+    # without autograd a GRU gathers precomputed input projections and runs its own loop; with autograd
+    # it runs nn.GRU: same logits
+    model = _model("gru", bi, layers, "meanmax")
+    tokens, lengths = _batch(LENGTHS)
+    expected = model(tokens, lengths).detach()  # grad enabled: nn.GRU
+    with torch.inference_mode():
+        model(tokens, lengths)
+        assert model._gru_table_cache is None  # only inside inference_tables()
+        with model.inference_tables():
+            got = model(tokens, lengths)
+            assert model._gru_table_cache is not None
+        assert model._gru_table_cache is None  # dropped with the block
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
+    # inside the block, a weight changed in place (copy_, mul_) rebuilds the tables
+    with torch.no_grad(), model.inference_tables():
+        model(tokens, lengths)
+        model.embedding.weight.mul_(2)
+        model.layers[0][0].weight_ih_l0.add_(0.1)
+        got = model(tokens, lengths)
+    torch.testing.assert_close(got, model(tokens, lengths).detach(), atol=1e-5, rtol=0)
+    model.train()
+    with torch.no_grad(), model.inference_tables():
+        model.embed_dropout.p = model.dropout.p = 0.0
+        model(tokens, lengths)
+        assert model._gru_table_cache is None  # training mode never uses the tables
+
+
+def test_predictions_follow_fused_adamw_steps() -> None:
+    # torch's fused AdamW updates weights without bumping their version counters: evaluation between
+    # training steps must not see tables from before a step
+    from rnntext.data.encode import Encoded
+    from rnntext.training.trainer import predict_logits
+
+    model = _model("gru", True, 1, "meanmax")
+    tokens, lengths = _batch(LENGTHS)
+    data = Encoded(torch.cat([t[:n] for t, n in zip(tokens, lengths)]),
+                   torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]), torch.zeros(len(LENGTHS)))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    for _ in range(3):
+        got = predict_logits(model, data, False, torch.device("cpu"))  # tables
+        model.eval()
+        expected = model(tokens, lengths).detach()  # grad mode: nn.GRU, no tables
+        assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+        model.train()
+        model(tokens, lengths).logsumexp(1).sum().backward()
+        opt.step()
+        opt.zero_grad()
+
+
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("combo", COMBOS, ids=[_id(c) for c in COMBOS])
 def test_padding_does_not_change_a_text(combo: tuple, packed: bool) -> None:

@@ -71,6 +71,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lazy-embedding", action="store_true", default=None,
                    help="on a CPU, update only the embedding rows of each batch's words (faster with small "
                         "batches and large vocabularies; changes the optimiser's results)")
+    t.add_argument("--ensemble", type=int, metavar="N", help="train N runs with seeds SEED..SEED+N-1 into "
+                   "OUT/member-K; evaluate, predict and serve then average their class probabilities")
     t.add_argument("--nproc", type=int, help="train data-parallel in N processes on this machine (torchrun "
                    "--standalone); on several nodes run torchrun yourself, see the README")
     t.add_argument("--dist-timeout", type=float, help="seconds a distributed process waits for a dead or stuck "
@@ -132,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("evaluate", help="accuracy, per-class P/R/F1 and confusion matrix of a run")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", nargs="+", help="a run directory; several: evaluate their ensemble "
+                                               "(mean of class probabilities) on the first one's test set")
     _add_data_options(p, train=False)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
@@ -142,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("texts", nargs="*", help="texts (default: --file, else one per line on stdin)")
     p.add_argument("--file", help="a file with one text per line")
+    p.add_argument("--ensemble", action="append", default=[], metavar="RUN_DIR",
+                   help="another run directory whose class probabilities are averaged with RUN_DIR's (repeatable)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.add_argument("--json", action="store_true", help="JSON lines with all class probabilities")
@@ -222,6 +227,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         return cmd_resume(args)
     cfg = config_from_args(args)
+    if args.ensemble is not None:
+        return cmd_train_ensemble(cfg, args)
     if args.nproc is not None and args.nproc != 1:
         from .training.distributed import launch
 
@@ -230,6 +237,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         return launch(args.argv, args.nproc)
     result = train(cfg, args.out, progress=not args.quiet)
     return _print_result(result, args)
+
+
+def cmd_train_ensemble(cfg: Any, args: argparse.Namespace) -> int:
+    from .training.ensemble import train_ensemble
+
+    if args.nproc is not None and args.nproc != 1:
+        raise ConfigError("--ensemble trains its members one after another in this process; drop --nproc")
+    metrics = train_ensemble(cfg, args.ensemble, args.out, progress=not args.quiet,
+                             log=lambda s: print(s, file=sys.stderr))
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    elif "test" in metrics:
+        print(f"ensemble test accuracy {metrics['test']['accuracy']:.4f}")
+    return 0
 
 
 def _print_result(result: Any, args: argparse.Namespace) -> int:
@@ -280,7 +301,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .serving.predictor import Predictor
 
-    predictor = Predictor.load(args.run_dir, args.device, args.threads)  # a bad run dir fails before stdin is read
+    # a bad run dir fails before stdin is read
+    predictor = Predictor.load([args.run_dir, *args.ensemble], args.device, args.threads)
     if args.texts:
         texts = list(args.texts)
     elif args.file:

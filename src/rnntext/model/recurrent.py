@@ -8,6 +8,9 @@ the same logits for the same weights."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -15,15 +18,19 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ..config import ModelConfig
 
 CELL_CLASSES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+_GRU_TABLE_BYTES = 256 * 2**20  # the largest input-projection table a GRU builds for inference
 
 
 def reverse_within_length(x: Tensor, lengths: Tensor) -> Tensor:
-    """x[b, :len_b] reversed for each b; positions past len_b stay where they are."""
+    """x[b, :len_b] reversed for each b; positions past len_b stay where they are. x is [B, T] or
+    [B, T, ...]."""
     B, T = x.shape[:2]
     steps = torch.arange(T, device=x.device).expand(B, T)
     lens = lengths.to(x.device)[:, None]
     index = torch.where(steps < lens, lens - 1 - steps, steps)
-    return x.gather(1, index[:, :, None].expand_as(x))
+    if x.dim() > 2:
+        index = index.view(B, T, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(1, index)
 
 
 class RecurrentClassifier(nn.Module):
@@ -40,6 +47,8 @@ class RecurrentClassifier(nn.Module):
         # unless told to pack on the CPU too.
         self.pack_on_cpu = pack_on_cpu
         self.hidden_dim = hidden_dim
+        self.tables_on = False  # see inference_tables()
+        self._gru_table_cache: tuple[tuple, list[tuple[Tensor, Tensor, Tensor]]] | None = None
         self.directions = 2 if bidirectional else 1
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
         self.embed_dropout = nn.Dropout(embed_dropout)
@@ -71,40 +80,130 @@ class RecurrentClassifier(nn.Module):
         out = module(packed)[0]
         return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
 
-    def encode(self, tokens: Tensor, lengths: Tensor) -> Tensor:
-        """Outputs of the last layer, [B, T, hidden * directions]; positions past a text's length
-        are undefined (padded mode) or zero (packed mode) and are never read by pooling."""
-        x = self.embed_dropout(self.embedding(tokens))
+    @contextmanager
+    def inference_tables(self) -> Iterator[None]:
+        """Inside: inference may precompute tables from the weights (_gru_tables) and reuse them
+        until the block ends. (A model loaded only to predict sets `tables_on` for good.)"""
+        before = self.tables_on
+        self.tables_on = True
+        try:
+            yield
+        finally:
+            self.tables_on = before
+            if not before:
+                self._gru_table_cache = None
+
+    def _gru_tables(self, device: torch.device) -> list[tuple[Tensor, Tensor, Tensor]] | None:
+        """For inference on a CPU with a GRU, per direction of the first layer: the input projection
+        of every vocabulary word, W_ih e + b_ih ([vocab, 3 * hidden]), so that a batch gathers rows
+        instead of multiplying [B * T, embed] by [embed, 3 * hidden] (a third of a prediction's time);
+        and W_hh, b_hh. The new-gate parts are doubled for tanh(x) = 2 sigmoid(2x) - 1 (torch's tanh
+        costs a CPU several times its sigmoid; doubling is exact). Only inside inference_tables():
+        torch's fused AdamW changes weights without bumping their version counters, so a cache that
+        outlived a training step could not tell (the versions in the key catch copy_ and the like).
+        None where this does not apply or the tables are too big."""
+        if not self.tables_on or self.cell != "gru" or self.training or torch.is_grad_enabled():
+            return None
+        if device.type != "cpu":
+            return None
+        if self.packs_on(device):
+            return None
+        mods = list(self.layers[0])
+        weight = self.embedding.weight
+        if weight.shape[0] * 3 * self.hidden_dim * len(mods) * weight.element_size() > _GRU_TABLE_BYTES:
+            return None
+        key = tuple((t.data_ptr(), t._version) for t in (weight, *(p for m in mods for p in m.parameters())))
+        if self._gru_table_cache is None or self._gru_table_cache[0] != key:
+            H = self.hidden_dim
+            scale = torch.ones(3 * H, dtype=weight.dtype)
+            scale[2 * H:] = 2.0
+            tables = [(torch.addmm(m.bias_ih_l0, weight, m.weight_ih_l0.t()) * scale,
+                       (m.weight_hh_l0 * scale[:, None]).t().contiguous(), m.bias_hh_l0 * scale) for m in mods]
+            self._gru_table_cache = (key, tables)
+        return self._gru_table_cache[1]
+
+    @staticmethod
+    def _gru_from_table(tables: tuple[Tensor, Tensor, Tensor], tokens: Tensor) -> Tensor:
+        """nn.GRU's recurrence (padded, batch first) from the tables of _gru_tables."""
+        table, w_hh, b_hh = tables
+        gi = nn.functional.embedding(tokens.t(), table)  # [T, B, 3H]: one contiguous slice per step
+        T, B, H3 = gi.shape
+        H = H3 // 3
+        h = gi.new_zeros(B, H)
+        out = gi.new_empty(T, B, H)
+        for t in range(T):
+            gh = torch.addmm(b_hh, h, w_hh)
+            x = gi[t]
+            rz = torch.sigmoid(x[:, : 2 * H] + gh[:, : 2 * H])
+            # n = tanh(x_n + r * gh_n) = 2 sigmoid(2 x_n + r * 2 gh_n) - 1 (the tables hold 2 x_n, 2 gh_n)
+            n = torch.sigmoid(torch.addcmul(x[:, 2 * H:], rz[:, :H], gh[:, 2 * H:])).mul_(2).sub_(1)
+            h = torch.addcmul(n, rz[:, H:], h - n)  # (1 - z) n + z h
+            out[t] = h
+        return out.transpose(0, 1)
+
+    def directions_out(self, tokens: Tensor, lengths: Tensor) -> list[Tensor]:
+        """Outputs of the last layer, one [B, T, hidden] tensor per direction, each in its own
+        reading order: step t of the backward direction is token len-1-t. Pooling reads them so,
+        without reversing the backward outputs back (mean and max do not depend on the order)."""
+        tables = self._gru_tables(tokens.device)
+        x = None if tables is not None else self.embed_dropout(self.embedding(tokens))
+        outs: list[Tensor] = []
         for i, directions in enumerate(self.layers):
-            if i > 0:
-                x = self.dropout(x)
-            outs = [self._run(directions[0], x, lengths)]
-            if self.directions == 2:
-                rev = self._run(directions[1], reverse_within_length(x, lengths), lengths)
-                outs.append(reverse_within_length(rev, lengths))
-            x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-        return x
+            if i == 0 and tables is not None:  # inference with a GRU: gather input projections
+                reading = [tokens, reverse_within_length(tokens, lengths)][: self.directions]
+                outs = [self._gru_from_table(tab, tok) for tab, tok in zip(tables, reading)]
+            else:
+                assert x is not None
+                if i > 0:
+                    x = self.dropout(x)
+                outs = [self._run(directions[0], x, lengths)]
+                if self.directions == 2:
+                    if i == 0 and not (self.training and self.embed_dropout.p > 0):
+                        # no dropout mask to share with the forward direction: reversing the token ids
+                        # is cheaper than reversing their vectors
+                        rev_in = self.embedding(reverse_within_length(tokens, lengths))
+                    else:
+                        rev_in = reverse_within_length(x, lengths)
+                    outs.append(self._run(directions[1], rev_in, lengths))
+            if i < len(self.layers) - 1:
+                x = outs[0] if len(outs) == 1 else torch.cat([outs[0], reverse_within_length(outs[1], lengths)], 2)
+        return outs
+
+    def encode(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """Outputs of the last layer, [B, T, hidden * directions], in text order; positions past a
+        text's length are undefined (padded mode) or zero (packed mode) and are never read by pooling."""
+        outs = self.directions_out(tokens, lengths)
+        if len(outs) == 1:
+            return outs[0]
+        return torch.cat([outs[0], reverse_within_length(outs[1], lengths)], dim=2)
 
     def pool(self, out: Tensor, lengths: Tensor) -> Tensor:
-        B, T, _ = out.shape
-        lengths = lengths.to(out.device)
+        """Pooling of encode()'s output."""
+        dirs = list(out.split(self.hidden_dim, dim=2))
+        if len(dirs) == 2:
+            dirs[1] = reverse_within_length(dirs[1], lengths)
+        return self.pool_directions(dirs, lengths)
+
+    def pool_directions(self, outs: list[Tensor], lengths: Tensor) -> Tensor:
+        """[B, features] from directions_out(): `last` is the state after each direction has read
+        the whole text; mean and max are masked to the text's length. Features are laid out as
+        [pooling 1: forward, backward | pooling 2: forward, backward]."""
+        B, T, _ = outs[0].shape
+        lengths = lengths.to(outs[0].device)
         if self.pooling == "last":
-            H = self.hidden_dim
-            last = out[torch.arange(B, device=out.device), lengths - 1]
-            if self.directions == 1:
-                return last
-            # forward: state after the last real token; backward: after reading back to token 0
-            return torch.cat([last[:, :H], out[:, 0, H:]], dim=1)
-        mask = (torch.arange(T, device=out.device)[None, :] < lengths[:, None]).unsqueeze(2)
+            rows = torch.arange(B, device=outs[0].device)
+            return torch.cat([o[rows, lengths - 1] for o in outs], dim=1)
+        mask = (torch.arange(T, device=outs[0].device)[None, :] < lengths[:, None]).unsqueeze(2)
         pooled = []
         if self.pooling in ("mean", "meanmax"):
-            pooled.append((out * mask).sum(1) / lengths[:, None].to(out.dtype))
+            denom = lengths[:, None].to(outs[0].dtype)
+            pooled += [(o * mask).sum(1) / denom for o in outs]
         if self.pooling in ("max", "meanmax"):
-            pooled.append(out.masked_fill(~mask, float("-inf")).max(1).values)
+            pooled += [o.masked_fill(~mask, float("-inf")).max(1).values for o in outs]
         return pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=1)
 
     def forward(self, tokens: Tensor, lengths: Tensor, offsets: Tensor | None = None) -> Tensor:
-        return self.fc(self.dropout(self.pool(self.encode(tokens, lengths), lengths)))
+        return self.fc(self.dropout(self.pool_directions(self.directions_out(tokens, lengths), lengths)))
 
 
 class BagClassifier(nn.Module):

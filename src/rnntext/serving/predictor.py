@@ -1,14 +1,18 @@
-"""Prediction from a run directory: `rnntext.load(RUN_DIR).predict(["..."])`."""
+"""Prediction from a run directory: `rnntext.load(RUN_DIR).predict(["..."])`; from several run
+directories trained on the same labels, an ensemble: the mean of their class probabilities."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..data import encode_texts
+from ..errors import ConfigError
 from ..model import uses_flat_batches
+from ..training.ensemble import member_dirs
 from ..training.rundir import Run, load_run
 from ..training.trainer import predict_logits, resolve_device, set_threads
 
@@ -23,26 +27,48 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, run: Run, device: torch.device):
+    """One run, or an ensemble of runs (`also`): each reads the texts with its own tokenizer and
+    vocabulary, and the class probabilities are averaged."""
+
+    def __init__(self, run: Run, device: torch.device, also: Sequence[Run] = ()):
         self.run = run
+        self.runs = [run, *also]
         self.device = device
         self.tokenizer = run.tokenizer
         self.labels = run.label_names
-        self._flat = uses_flat_batches(run.config.model)
+        for r in self.runs:  # these models only predict: tables precomputed from their weights may stay
+            if hasattr(r.model, "tables_on"):
+                r.model.tables_on = True
+        for other in also:
+            if other.label_names != self.labels:
+                raise ConfigError(f"cannot ensemble {other.path} with {run.path}: labels "
+                                  f"{', '.join(other.label_names)} differ from {', '.join(self.labels)}")
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "auto", threads: int | None = None) -> Predictor:
+    def load(cls, run_dir: str | Path | Sequence[str | Path], device: str = "auto",
+             threads: int | None = None) -> Predictor:
         if threads is not None:  # otherwise leave the process's setting alone (a library must not change it)
             set_threads(threads)
         dev = resolve_device(device)
-        return cls(load_run(run_dir, dev), dev)
+        dirs: list[str | Path] = []
+        for d in [run_dir] if isinstance(run_dir, (str, Path)) else run_dir:
+            dirs.extend(member_dirs(d) or [d])  # an ensemble directory stands for its members
+        if not dirs:
+            raise ConfigError("no run directory given")
+        runs = [load_run(d, dev) for d in dirs]
+        return cls(runs[0], dev, runs[1:])
 
     def probabilities(self, texts: list[str], batch_size: int = 512) -> torch.Tensor:
-        """[len(texts), classes] class probabilities."""
+        """[len(texts), classes] class probabilities (an ensemble's: the mean over its runs)."""
         if not texts:
             return torch.zeros(0, len(self.labels))
-        enc = encode_texts(list(texts), self.tokenizer, self.run.vocab)
-        return predict_logits(self.run.model, enc, self._flat, self.device, batch_size).softmax(1)
+        texts = list(texts)
+        total = torch.zeros(len(texts), len(self.labels))
+        for run in self.runs:
+            enc = encode_texts(texts, run.tokenizer, run.vocab)
+            flat = uses_flat_batches(run.config.model)
+            total += predict_logits(run.model, enc, flat, self.device, batch_size).softmax(1)
+        return total / len(self.runs)
 
     def predict(self, texts: list[str] | str, batch_size: int = 512) -> list[Prediction]:
         if isinstance(texts, str):
@@ -54,6 +80,7 @@ class Predictor:
                 for b, row in zip(best, rows)]
 
 
-def load(run_dir: str | Path, device: str = "auto", threads: int | None = None) -> Predictor:
-    """A trained model ready to predict, from the run directory `rnntext train --out` wrote."""
+def load(run_dir: str | Path | Sequence[str | Path], device: str = "auto", threads: int | None = None) -> Predictor:
+    """A trained model ready to predict, from the run directory `rnntext train --out` wrote; given
+    several run directories, their ensemble."""
     return Predictor.load(run_dir, device, threads)

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..config import DataConfig
-from ..data import ag_news, encode_texts
+from ..data import ag_news
 from ..data.readers import Rows, read_rows
 from ..errors import ConfigError, DataError
-from ..model import uses_flat_batches
 from .metrics import classification_report
-from .rundir import load_run
-from .trainer import predict_logits, resolve_device, set_threads
 
 
 def read_eval_rows(data: DataConfig) -> Rows:
@@ -43,15 +43,16 @@ def evaluation_data(trained: DataConfig, *, test: str | None = None, dataset: st
     return data
 
 
-def evaluate_run(run_dir: str | Path, data: DataConfig | None = None, device: str = "auto",
+def evaluate_run(run_dir: str | Path | Sequence[str | Path], data: DataConfig | None = None, device: str = "auto",
                  threads: int | None = None, **options: Any) -> dict[str, Any]:
     """Metrics of the run in `run_dir` on `data`'s test set, by default the one it was trained with;
     `options` (test, dataset, data_dir, text_columns, label_column, skip_bad_rows) change it as in
-    `evaluation_data`."""
-    if threads is not None:  # otherwise leave the process's setting alone (a library must not change it)
-        set_threads(threads)
-    dev = resolve_device(device)
-    run = load_run(run_dir, dev)
+    `evaluation_data`. Several run directories are evaluated as an ensemble (mean of their class
+    probabilities) on the first one's test set."""
+    from ..serving.predictor import Predictor
+
+    predictor = Predictor.load(run_dir, device, threads)
+    run = predictor.run
     data = evaluation_data(data or run.config.data, **options)
     rows = read_eval_rows(data)
     index = {name: i for i, name in enumerate(run.label_names)}
@@ -61,9 +62,10 @@ def evaluate_run(run_dir: str | Path, data: DataConfig | None = None, device: st
             raise DataError(f"label {label!r} is not one the model knows ({', '.join(run.label_names)})",
                             rows.path, line)
         labels.append(index[label])
-    enc = encode_texts(rows.texts, run.tokenizer, run.vocab, labels)
-    pred = predict_logits(run.model, enc, uses_flat_batches(run.config.model), dev).argmax(1)
-    report = classification_report(enc.labels, pred, run.label_names)
+    pred = predictor.probabilities(rows.texts).argmax(1)
+    report = classification_report(torch.tensor(labels, dtype=torch.long), pred, run.label_names)
     report["file"] = rows.path
     report["skipped"] = rows.skipped
+    if len(predictor.runs) > 1:
+        report["ensemble"] = [str(r.path) for r in predictor.runs]
     return report

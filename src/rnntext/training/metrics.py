@@ -54,4 +54,6 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"{name:<{width}} " + " ".join(f"{v:>{cell}d}" for v in row))
     if report.get("skipped"):  # evaluate_run with --skip-bad-rows
         lines += ["", f"skipped {report['skipped']} bad rows in {report.get('file', 'the data')}"]
+    if report.get("ensemble"):  # evaluate_run with several run directories
+        lines += ["", f"ensemble of {len(report['ensemble'])} runs: {', '.join(report['ensemble'])}"]
     return "\n".join(lines)

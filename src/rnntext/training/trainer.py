@@ -3,6 +3,7 @@ length-bucketed batches -> validate each epoch, keep the best weights -> test ->
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
@@ -64,9 +65,11 @@ def predict_logits(model: nn.Module, data: Encoded, flat: bool, device: torch.de
     was_training = model.training
     model.eval()
     out = torch.empty(len(data), model.fc.out_features)
-    for idx in eval_batches(data.lengths, batch_size):
-        b = make_batch(data, idx, flat).to(device)
-        out[idx] = model(b.tokens, b.lengths, b.offsets).float().cpu()
+    tables = getattr(model, "inference_tables", None)  # a GRU precomputes its input projections
+    with tables() if tables is not None else contextlib.nullcontext():
+        for idx in eval_batches(data.lengths, batch_size):
+            b = make_batch(data, idx, flat).to(device)
+            out[idx] = model(b.tokens, b.lengths, b.offsets).float().cpu()
     model.train(was_training)
     return out
 
