@@ -105,7 +105,7 @@ def run_zoo(names: list[str], path: str, threads: int, quick: bool) -> list[dict
 
 def run_ensemble(name: str, desc: str, cfg: RunConfig, members: int) -> dict[str, Any]:
     t0 = time.perf_counter()
-    m = train_ensemble(cfg, members, progress=False)
+    m = train_ensemble(cfg, members, progress=False, log=quiet_log)
     seconds = time.perf_counter() - t0
     row = {"name": name, "system": "rnntext", "description": desc, "config": f"{members} x ({describe_model(cfg)})",
            "test_accuracy": m["test"]["accuracy"], "macro_f1": m["test"]["macro_f1"], "train_seconds": seconds,

@@ -12,7 +12,7 @@ from torch import nn
 from rnntext.cli import build_parser, config_from_args
 from rnntext.config import CELLS, POOLINGS, ModelConfig
 from rnntext.data.vocab import PAD_ID
-from rnntext.model import BagClassifier, RecurrentClassifier, build_model, uses_flat_batches
+from rnntext.model import BagClassifier, RecurrentClassifier, build_model, recurrent, uses_flat_batches
 from rnntext.model.recurrent import reverse_within_length
 
 VOCAB, CLASSES = 50, 4
@@ -79,9 +79,10 @@ def test_forward_pools_directions_as_pool_of_encode(combo: tuple) -> None:
 
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("bi", [False, True], ids=["uni", "bi"])
-def test_gru_inference_from_input_tables_equals_nn_gru(bi: bool, layers: int) -> None:
+def test_gru_inference_from_input_tables_equals_nn_gru(bi: bool, layers: int, monkeypatch) -> None:
     # without autograd a GRU gathers precomputed input projections and runs its own loop; with autograd
     # it runs nn.GRU: same logits
+    monkeypatch.setattr(recurrent, "_GRU_TABLE_MIN_BATCH", 1)  # these batches are small
     model = _model("gru", bi, layers, "meanmax")
     tokens, lengths = _batch(LENGTHS)
     expected = model(tokens, lengths).detach()  # grad enabled: nn.GRU
@@ -91,6 +92,9 @@ def test_gru_inference_from_input_tables_equals_nn_gru(bi: bool, layers: int) ->
         with model.inference_tables():
             got = model(tokens, lengths)
             assert model._gru_table_cache is not None
+            monkeypatch.setattr(recurrent, "_GRU_TABLE_MIN_BATCH", 6)  # a batch of 5 runs nn.GRU
+            torch.testing.assert_close(model(tokens, lengths), got, atol=1e-5, rtol=0)
+            monkeypatch.setattr(recurrent, "_GRU_TABLE_MIN_BATCH", 1)
         assert model._gru_table_cache is None  # dropped with the block
     assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
     # inside the block, a weight changed in place (copy_, mul_) rebuilds the tables
@@ -107,12 +111,13 @@ def test_gru_inference_from_input_tables_equals_nn_gru(bi: bool, layers: int) ->
         assert model._gru_table_cache is None  # training mode never uses the tables
 
 
-def test_predictions_follow_fused_adamw_steps() -> None:
+def test_predictions_follow_fused_adamw_steps(monkeypatch) -> None:
     # torch's fused AdamW updates weights without bumping their version counters: evaluation between
     # training steps must not see tables from before a step
     from rnntext.data.encode import Encoded
     from rnntext.training.trainer import predict_logits
 
+    monkeypatch.setattr(recurrent, "_GRU_TABLE_MIN_BATCH", 1)
     model = _model("gru", True, 1, "meanmax")
     tokens, lengths = _batch(LENGTHS)
     data = Encoded(torch.cat([t[:n] for t, n in zip(tokens, lengths)]),

@@ -58,7 +58,7 @@ class Predictor:
         runs = [load_run(d, dev) for d in dirs]
         return cls(runs[0], dev, runs[1:])
 
-    def probabilities(self, texts: list[str], batch_size: int = 512) -> torch.Tensor:
+    def probabilities(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
         """[len(texts), classes] class probabilities (an ensemble's: the mean over its runs)."""
         if not texts:
             return torch.zeros(0, len(self.labels))
@@ -70,7 +70,7 @@ class Predictor:
             total += predict_logits(run.model, enc, flat, self.device, batch_size).softmax(1)
         return total / len(self.runs)
 
-    def predict(self, texts: list[str] | str, batch_size: int = 512) -> list[Prediction]:
+    def predict(self, texts: list[str] | str, batch_size: int = 256) -> list[Prediction]:
         if isinstance(texts, str):
             texts = [texts]
         probs = self.probabilities(texts, batch_size)
