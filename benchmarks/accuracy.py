@@ -56,7 +56,7 @@ ZOO: dict[str, tuple[str, dict[str, Any]]] = {
     # `rnntext train --ensemble 5`: the defaults with seeds 0-4, class probabilities averaged
     "ensemble": ("ensemble of 5 rnntext defaults (seeds 0-4), mean of probabilities", {"ensemble": 5}),
 }
-QUICK = ("tutorial-lstm", "bag", "default")  # --quick: a smoke test of each kind of row
+QUICK = ("tutorial-lstm", "bag", "default", "ensemble")  # --quick: a smoke test of each kind of row
 FASTTEXT_NGRAMS = (1, 2, 3)
 FASTTEXT_EPOCHS = (5, 10, 25, 50, 100)
 

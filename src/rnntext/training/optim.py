@@ -67,8 +67,8 @@ class AdamW(torch.optim.AdamW):
         return len(devices) == 1
 
     def _fused_step(self) -> None:
-        """What torch.optim.AdamW(fused=True).step() computes, by the same kernel, without the ~0.3 ms
-        of Python around it, which at batch 16 on a CPU is a tenth of a training step."""
+        """What torch.optim.AdamW(fused=True).step() computes, by the same kernel, without the ~0.2 ms
+        of Python around it (grouping, state checks): about 5% of a batch-16 training step on a CPU."""
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
