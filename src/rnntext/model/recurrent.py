@@ -103,11 +103,8 @@ class RecurrentClassifier(nn.Module):
         torch's fused AdamW changes weights without bumping their version counters, so a cache that
         outlived a training step could not tell (the versions in the key catch copy_ and the like).
         None where this does not apply or the tables are too big."""
-        if not self.tables_on or self.cell != "gru" or self.training or torch.is_grad_enabled():
-            return None
-        if device.type != "cpu":
-            return None
-        if self.packs_on(device):
+        if (not self.tables_on or self.cell != "gru" or self.training or torch.is_grad_enabled()
+                or device.type != "cpu" or self.packs_on(device)):
             return None
         mods = list(self.layers[0])
         weight = self.embedding.weight
@@ -148,36 +145,40 @@ class RecurrentClassifier(nn.Module):
         without reversing the backward outputs back (mean and max do not depend on the order)."""
         # below ~32 texts the table path's per-step Python costs more than the projection it saves
         tables = self._gru_tables(tokens.device) if tokens.shape[0] >= _GRU_TABLE_MIN_BATCH else None
-        x = None if tables is not None else self.embed_dropout(self.embedding(tokens))
-        outs: list[Tensor] = []
-        for i, directions in enumerate(self.layers):
-            if i == 0 and tables is not None:  # inference with a GRU: gather input projections
-                reading = [tokens, reverse_within_length(tokens, lengths)][: self.directions]
-                outs = [self._gru_from_table(tab, tok) for tab, tok in zip(tables, reading)]
-            else:
-                assert x is not None
-                if i > 0:
-                    x = self.dropout(x)
-                outs = [self._run(directions[0], x, lengths)]
-                if self.directions == 2:
-                    if i == 0 and not (self.training and self.embed_dropout.p > 0):
-                        # no dropout mask to share with the forward direction: reversing the token ids
-                        # is cheaper than reversing their vectors
-                        rev_in = self.embedding(reverse_within_length(tokens, lengths))
-                    else:
-                        rev_in = reverse_within_length(x, lengths)
-                    outs.append(self._run(directions[1], rev_in, lengths))
-            if i < len(self.layers) - 1:
-                x = outs[0] if len(outs) == 1 else torch.cat([outs[0], reverse_within_length(outs[1], lengths)], 2)
+        if tables is not None:  # inference with a GRU: the first layer gathers its input projections
+            reading = [tokens, reverse_within_length(tokens, lengths)][: self.directions]
+            outs = [self._gru_from_table(tab, tok) for tab, tok in zip(tables, reading)]
+        else:
+            outs = self._layer(0, self.embed_dropout(self.embedding(tokens)), tokens, lengths)
+        for i in range(1, len(self.layers)):
+            outs = self._layer(i, self.dropout(self._text_order(outs, lengths)), tokens, lengths)
         return outs
+
+    def _layer(self, i: int, x: Tensor, tokens: Tensor, lengths: Tensor) -> list[Tensor]:
+        """Layer i's directions on x (text order); the backward one in its reading order."""
+        directions = self.layers[i]
+        outs = [self._run(directions[0], x, lengths)]
+        if self.directions == 2:
+            if i == 0 and not (self.training and self.embed_dropout.p > 0):
+                # no dropout mask to share with the forward direction: reversing the token ids is
+                # cheaper than reversing their vectors
+                rev_in = self.embedding(reverse_within_length(tokens, lengths))
+            else:
+                rev_in = reverse_within_length(x, lengths)
+            outs.append(self._run(directions[1], rev_in, lengths))
+        return outs
+
+    @staticmethod
+    def _text_order(outs: list[Tensor], lengths: Tensor) -> Tensor:
+        """directions_out()-style outputs as one [B, T, hidden * directions] tensor in text order."""
+        if len(outs) == 1:
+            return outs[0]
+        return torch.cat([outs[0], reverse_within_length(outs[1], lengths)], dim=2)
 
     def encode(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """Outputs of the last layer, [B, T, hidden * directions], in text order; positions past a
         text's length are undefined (padded mode) or zero (packed mode) and are never read by pooling."""
-        outs = self.directions_out(tokens, lengths)
-        if len(outs) == 1:
-            return outs[0]
-        return torch.cat([outs[0], reverse_within_length(outs[1], lengths)], dim=2)
+        return self._text_order(self.directions_out(tokens, lengths), lengths)
 
     def pool(self, out: Tensor, lengths: Tensor) -> Tensor:
         """Pooling of encode()'s output."""

@@ -12,9 +12,9 @@ import torch
 from ..data import encode_texts
 from ..errors import ConfigError
 from ..model import uses_flat_batches
-from ..training.ensemble import member_dirs
+from ..training.ensemble import mean_probabilities, member_dirs
 from ..training.rundir import Run, load_run
-from ..training.trainer import predict_logits, resolve_device, set_threads
+from ..training.trainer import resolve_device, set_threads
 
 
 @dataclass
@@ -63,12 +63,9 @@ class Predictor:
         if not texts:
             return torch.zeros(0, len(self.labels))
         texts = list(texts)
-        total = torch.zeros(len(texts), len(self.labels))
-        for run in self.runs:
-            enc = encode_texts(texts, run.tokenizer, run.vocab)
-            flat = uses_flat_batches(run.config.model)
-            total += predict_logits(run.model, enc, flat, self.device, batch_size).softmax(1)
-        return total / len(self.runs)
+        members = ((r.model, encode_texts(texts, r.tokenizer, r.vocab), uses_flat_batches(r.config.model))
+                   for r in self.runs)
+        return mean_probabilities(members, (len(texts), len(self.labels)), self.device, batch_size)
 
     def predict(self, texts: list[str] | str, batch_size: int = 256) -> list[Prediction]:
         if isinstance(texts, str):

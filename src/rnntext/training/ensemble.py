@@ -9,13 +9,15 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from ..config import RunConfig
+from ..data.encode import Encoded
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_json
 from ..model import uses_flat_batches
@@ -82,15 +84,25 @@ def train_ensemble(cfg: RunConfig, members: int, out_dir: str | None = None, *, 
     return metrics
 
 
+def mean_probabilities(members: Iterable[tuple[nn.Module, Encoded, bool]], shape: tuple[int, int],
+                       device: torch.device, batch_size: int = 256) -> Tensor:
+    """[texts, classes] mean of the members' class probabilities; each member is (model, the texts
+    encoded with its own vocabulary, whether it takes flat batches)."""
+    total, n = torch.zeros(shape), 0
+    for model, enc, flat in members:
+        total += predict_logits(model, enc, flat, device, batch_size).softmax(1)
+        n += 1
+    return total / n
+
+
 def _ensemble_test(results: list[TrainResult]) -> dict[str, Any]:
     """Test metrics of the mean of the members' class probabilities. Every member read the same test
     file, in the same order, each with its own vocabulary."""
     first = results[0].prepared
-    probs = torch.zeros(len(first.test), len(first.label_names))
     for r in results:
-        p = r.prepared
-        if p.label_names != first.label_names or not torch.equal(p.test.labels, first.test.labels):
+        if r.prepared.label_names != first.label_names or not torch.equal(r.prepared.test.labels, first.test.labels):
             raise ConfigError("ensemble members disagree on the labels of the test set")
-        device = next(r.model.parameters()).device
-        probs += predict_logits(r.model, p.test, uses_flat_batches(r.config.model), device).softmax(1)
+    device = next(results[0].model.parameters()).device
+    probs = mean_probabilities(((r.model, r.prepared.test, uses_flat_batches(r.config.model)) for r in results),
+                               (len(first.test), len(first.label_names)), device)
     return classification_report(first.test.labels, probs.argmax(1), first.label_names)

@@ -41,7 +41,11 @@ class AdamW(torch.optim.AdamW):
                     # lazy: torch's AdamW skips parameters without a gradient
                     p.grad = None if self.lazy else self._densify(p, p.grad)
         try:
-            loss = self._fused_step() if closure is None and self._can_call_fused() else super().step(closure)
+            loss = None
+            if closure is None and self._can_call_fused():
+                self._fused_step()
+            else:
+                loss = super().step(closure)
             if self.lazy:
                 for group, p, grad in sparse:
                     self._lazy_step(group, p, grad)
@@ -82,7 +86,6 @@ class AdamW(torch.optim.AdamW):
                 [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False, lr=group["lr"], beta1=beta1,
                 beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
                 grad_scale=None, found_inf=None)
-        return None
 
     def _densify(self, p: Tensor, grad: Tensor) -> Tensor:
         """The sparse `grad` as a dense tensor, in a buffer reused from step to step: only the rows
