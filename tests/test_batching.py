@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rnntext.data.batching import epoch_batches, eval_batches, flat_batch, make_batch, padded_batch
+from rnntext.data.batching import epoch_batches, eval_batches, flat_batch, make_batch, padded_batch, padded_batches
 from rnntext.data.encode import encode_texts, encode_tokens
 from rnntext.data.tokenizer import Tokenizer
 from rnntext.data.vocab import PAD_ID, UNK_ID, Vocab
@@ -63,6 +63,25 @@ def test_padded_batch_equals_manual_padding() -> None:
     # the last row of the corpus, padded: no index past the end of the flat tokens
     last = padded_batch(enc, torch.tensor([4, 3]))
     assert last.tokens[0].tolist() == rows[0] + [PAD_ID, PAD_ID]
+
+
+def test_padded_batches_equal_one_at_a_time() -> None:
+    """The epoch's batches built together are padded_batch() of each: tokens, lengths, labels;
+    batches of different sizes and widths, a one-row batch, a one-token text."""
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 40, (300,), generator=g)
+    lengths[7] = 1
+    token_lists = [[f"w{int(i)}" for i in torch.randint(0, 50, (int(n),), generator=g)] for n in lengths]
+    vocab = Vocab.build(token_lists, min_freq=1)
+    data = encode_tokens(token_lists, vocab, [i % 4 for i in range(300)])
+    batches = epoch_batches(data.lengths, 16, seed=3, epoch=0) + [torch.tensor([7]), torch.tensor([5, 7, 9])]
+    together = padded_batches(data, batches)
+    assert len(together) == len(batches)
+    for idx, b in zip(batches, together):
+        one = padded_batch(data, idx)
+        assert torch.equal(b.tokens, one.tokens) and torch.equal(b.lengths, one.lengths)
+        assert torch.equal(b.labels, one.labels)
+    assert padded_batches(data, []) == []
 
 
 def test_flat_batch_and_offsets() -> None:

@@ -257,8 +257,8 @@ def test_every_model_resumes_bit_identically_after_ctrl_c_mid_epoch(tmp_path: Pa
     quiet = {"progress": False, "log": lambda s: None}
 
     class CtrlCAtStep7(Trainer):
-        def train_step(self, idx):
-            out = super().train_step(idx)
+        def train_step(self, batch, next_batch=None):
+            out = super().train_step(batch, next_batch)
             if self.global_step + 1 == 7:
                 signal.raise_signal(signal.SIGINT)  # handled by the trainer: finish the step, checkpoint, stop
             return out

@@ -92,9 +92,9 @@ class _CountingTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.batches: list[int] = []
 
-    def train_step(self, idx: torch.Tensor):
-        self.batches.append(idx.numel())
-        return super().train_step(idx)
+    def train_step(self, batch, next_batch=None):
+        self.batches.append(len(batch))
+        return super().train_step(batch, next_batch)
 
 
 def test_epoch_size_cuts_epochs(ag_news_small: Path) -> None:

@@ -71,6 +71,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lazy-embedding", action="store_true", default=None,
                    help="on a CPU, update only the embedding rows of each batch's words (faster with small "
                         "batches and large vocabularies; changes the optimiser's results)")
+    t.add_argument("--overlap-update", action="store_true", default=None,
+                   help="on a CPU with 2+ threads, update the embedding table on a second thread while the "
+                        "next batch trains: the same results, faster with small batches and large "
+                        "vocabularies (the tutorial's settings), slower with large batches")
     t.add_argument("--ensemble", type=int, metavar="N", help="train N runs with seeds SEED..SEED+N-1 into "
                    "OUT/member-K; evaluate, predict and serve then average their class probabilities")
     t.add_argument("--nproc", type=int, help="train data-parallel in N processes on this machine (torchrun "
@@ -210,7 +214,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
          weight_decay=args.weight_decay, clip=args.clip, seed=args.seed, device=args.device,
          threads=args.threads, epoch_size=args.epoch_size, bucket=args.bucket, dist_timeout=args.dist_timeout)
     _set(cfg.train, checkpoint_every=args.checkpoint_every)
-    _set(cfg.train, lazy_embedding=getattr(args, "lazy_embedding", None))
+    _set(cfg.train, lazy_embedding=getattr(args, "lazy_embedding", None),
+         overlap_update=getattr(args, "overlap_update", None))
     if cfg.train.checkpoint_every is not None and args.out is None:
         raise ConfigError("--checkpoint-every needs --out (checkpoints are written into the run directory)")
     # config.json records absolute paths, so `rnntext evaluate RUN` works from any directory

@@ -43,6 +43,29 @@ def padded_batch(data: Encoded, index: Tensor) -> Batch:
     return Batch(tokens, lengths, data.labels[index])
 
 
+def padded_batches(data: Encoded, batches: list[Tensor]) -> list[Batch]:
+    """padded_batch() of each index tensor in `batches`, built together in a few whole-array
+    operations (per batch, the same ~10 small operations cost a batch-16 training step ~5%)."""
+    if not batches:
+        return []
+    index = torch.cat(batches)
+    sizes = [b.numel() for b in batches]
+    lengths = data.lengths[index]
+    starts = data.offsets[:-1][index]
+    batch_of_row = torch.repeat_interleave(torch.arange(len(batches)), torch.tensor(sizes))
+    widths = torch.zeros(len(batches), dtype=lengths.dtype).scatter_reduce_(0, batch_of_row, lengths, "amax")
+    row_width = widths[batch_of_row]
+    step = torch.arange(int(row_width.sum())) - torch.repeat_interleave(torch.cumsum(row_width, 0) - row_width,
+                                                                         row_width)
+    row = torch.repeat_interleave(torch.arange(index.numel()), row_width)
+    positions = (starts[row] + step).clamp_(max=max(data.tokens.numel() - 1, 0))
+    tokens = torch.where(step < lengths[row], data.tokens[positions], PAD_ID)
+    cells = (widths * torch.tensor(sizes)).tolist()
+    labels = data.labels[index]
+    return [Batch(t.view(n, -1), ln, lb) for t, ln, lb, n in
+            zip(tokens.split(cells), lengths.split(sizes), labels.split(sizes), sizes)]
+
+
 def flat_batch(data: Encoded, index: Tensor) -> Batch:
     """Concatenated tokens and start offsets, the input of nn.EmbeddingBag."""
     sub = data.subset(index)

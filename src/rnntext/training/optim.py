@@ -10,29 +10,117 @@ embedding therefore produces a sparse gradient, and the optimiser either
   weight decay and step (LazyAdam, as in TensorFlow Addons; torch's SparseAdam without weight
   decay). Dense Adam also moves rows whose gradient is zero (their moments decay), so this is a
   different optimiser, not the same one made faster.
-On a GPU, and under DistributedDataParallel (which averages dense gradients), the gradient stays dense."""
+On a GPU, and under DistributedDataParallel (which averages dense gradients), the gradient stays dense.
+
+The dense update of a big embedding is a memory-bound pass over the whole table (at the tutorial's
+configuration ~70 MB a step, a third of the step), yet the next batch reads only a few hundred of its
+rows. With `overlap`, step() updates the whole table on a second thread while the next batch trains:
+it first computes the next batch's rows on copies (the same fused kernel, elementwise, so the same
+values), and the model reads those through `embedding_ahead()`. The result is bit-identical to the
+sequential update (tests); the wall time of the pass moves off the critical path."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 
+@dataclass
+class _Ahead:
+    """The next batch's embedding rows, being updated ahead of the rest of the table."""
+
+    tokens: Tensor  # the batch's token ids, as given to step(next_tokens=...)
+    rows: Future  # -> (its distinct ids, sorted, <pad> first; the tokens renumbered into them; their new weights)
+
+
 class AdamW(torch.optim.AdamW):
     """torch's AdamW; a sparse gradient is made dense in a kept buffer, or with `lazy=True` applied
-    lazily to its rows only."""
+    lazily to its rows only. With `overlap` (an nn.Embedding or nn.EmbeddingBag of the model), that
+    embedding's dense update runs on a background thread during the next batch (module docstring)."""
 
-    def __init__(self, params: Iterable[Tensor], *, lazy: bool = False, **kwargs: Any):
+    def __init__(self, params: Iterable[Tensor], *, lazy: bool = False, overlap: nn.Module | None = None,
+                 **kwargs: Any):
         super().__init__(params, **kwargs)
         self.lazy = lazy
         # parameter -> (dense gradient buffer, rows written into it by the last step)
         self._dense_grads: dict[Tensor, tuple[Tensor, Tensor]] = {}
+        self.overlap = overlap
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+        self._ahead: _Ahead | None = None
+        self._threads = 0  # the main thread's torch threads while it has them all (0: it has)
+
+    def wait(self) -> None:
+        """Block until the background update of the embedding (overlap) is done: call before reading
+        the weights or the optimiser state (step(), state_dict() and load_state_dict() do)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def state_dict(self) -> dict[str, Any]:
+        self.wait()
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.wait()
+        self._ahead = None
+        super().load_state_dict(state_dict)
+
+    def close(self) -> None:
+        """Finish the background update, end its thread and give the main thread back the torch
+        thread it lent (the trainer calls this after each epoch, so evaluation has them all)."""
+        self.wait()
+        self._ahead = None
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
+        if self._threads:
+            torch.set_num_threads(self._threads)
+            self._threads = 0
+
+    @contextmanager
+    def embedding_ahead(self, tokens: Tensor) -> Iterator[Tensor]:
+        """Run the model's forward and backward inside. When the last step() was given these `tokens`
+        as next_tokens, the embedding reads the rows updated ahead (the table itself may still be
+        being updated in the background) and the block gets the tokens renumbered into those rows;
+        on exit the embedding's gradient is put back in terms of the whole table. Otherwise a no-op."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead.tokens is not tokens or self.overlap is None:
+            self.wait()  # the model reads the table itself
+            yield tokens
+            return
+        ids, local, values = ahead.rows.result()
+        emb = self.overlap
+        table = emb.weight
+        rows = nn.Parameter(values)
+        emb._parameters["weight"] = rows  # the module reads self.weight: no copy, no hook
+        try:
+            yield local
+        finally:
+            emb._parameters["weight"] = table
+        g = rows.grad
+        if g is not None:  # the sparse gradient autograd gives the table, entry for entry
+            table.grad = torch.sparse_coo_tensor(ids[g._indices()[0]].unsqueeze(0), g._values(), table.shape,
+                                                 check_invariants=False)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None,  # type: ignore[override]
+             next_tokens: Tensor | None = None) -> float | None:
+        """One update. `next_tokens`: the next batch's tokens; with `overlap`, the embedding's update
+        then runs on the background thread, its rows for next_tokens first."""
+        self.wait()
+        self._ahead = None
+        ahead = self._overlap_param(next_tokens) if closure is None else None
+        if ahead is not None and next_tokens is not None and self._can_call_fused(skip=ahead):
+            self._start_background(ahead, next_tokens)  # first: the next forward waits for its rows
+            self._fused_step(skip=ahead)
+            return None
         sparse: list[tuple[dict, Tensor, Tensor]] = []
         for group in self.param_groups:
             for p in group["params"]:
@@ -54,9 +142,10 @@ class AdamW(torch.optim.AdamW):
                 p.grad = grad
         return loss
 
-    def _can_call_fused(self) -> bool:
+    def _can_call_fused(self, skip: Tensor | None = None) -> bool:
         """Whether the step can go straight to torch's fused kernel: fused, plain AdamW, every
-        parameter with a gradient already has its state (after the first step), one device and dtype."""
+        parameter with a gradient already has its state (after the first step), one device and dtype.
+        `skip` (the overlapped embedding) needs its state only."""
         if self.defaults.get("fused") is not True:
             return False
         devices = set()
@@ -65,27 +154,78 @@ class AdamW(torch.optim.AdamW):
                 return False
             for p in group["params"]:
                 if p.grad is not None:
-                    if p not in self.state or p.grad.is_sparse:
+                    if p not in self.state or (p.grad.is_sparse and p is not skip):
                         return False
                     devices.add((p.device, p.dtype))
         return len(devices) == 1
 
-    def _fused_step(self) -> None:
+    def _fused_step(self, skip: Tensor | None = None) -> None:
         """What torch.optim.AdamW(fused=True).step() computes, by the same kernel, without the ~0.2 ms
-        of Python around it (grouping, state checks): about 5% of a batch-16 training step on a CPU."""
+        of Python around it (grouping, state checks): about 5% of a batch-16 training step on a CPU.
+        `skip`: a parameter left to _update_ahead."""
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params = [p for p in group["params"] if p.grad is not None and p is not skip]
             if not params:
                 continue
             states = [self.state[p] for p in params]
             steps = [s["step"] for s in states]
             torch._foreach_add_(steps, 1)
-            beta1, beta2 = group["betas"]
-            torch._fused_adamw_(
-                params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False, lr=group["lr"], beta1=beta1,
-                beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
-                grad_scale=None, found_inf=None)
+            _adamw(group, params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                   [s["exp_avg_sq"] for s in states], steps)
+
+    def _overlap_param(self, next_tokens: Tensor | None) -> Tensor | None:
+        """The embedding weight whose update goes to the background thread this step, or None."""
+        emb = self.overlap
+        if emb is None or next_tokens is None or self.lazy:
+            return None
+        weight = emb.weight
+        # torch's kernel computes a partial vector (a tensor's last < 16 floats) in scalar code, which
+        # could round differently: whole 64-byte rows keep the table and its gathered rows alike
+        if weight.grad is None or not weight.grad.is_sparse or (weight.shape[1] * weight.element_size()) % 64:
+            return None
+        if getattr(emb, "padding_idx", None) not in (None, 0):  # renumbered tokens keep <pad> at 0
+            return None
+        return weight
+
+    def _start_background(self, p: Tensor, next_tokens: Tensor) -> None:
+        """Hand the embedding `p`'s step to the background thread (_background)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="rnntext-adamw",
+                                                initializer=torch.set_num_threads, initargs=(1,))
+            self._executor.submit(lambda: None).result()
+        if not self._threads:  # the main thread lends one of its torch threads (torch counts them per thread)
+            self._threads = torch.get_num_threads()
+            torch.set_num_threads(max(self._threads - 1, 1))
+        group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
+        # this step's settings: the schedule changes the group's lr before the thread is done
+        settings = {k: group[k] for k in ("lr", "betas", "weight_decay", "eps")}
+        self.state[p]["step"] += 1
+        rows: Future = Future()
+        self._ahead = _Ahead(next_tokens, rows)
+        self._pending = self._executor.submit(self._background, settings, p, p.grad, next_tokens, rows)
+
+    @torch.no_grad()  # grad mode is per thread
+    def _background(self, settings: dict, p: Tensor, grad: Tensor, next_tokens: Tensor, ahead: Future) -> None:
+        """The embedding's AdamW step, on the background thread: first the rows of next_tokens, on
+        copies (-> `ahead`, for the next forward), then the whole table, those rows included (to the
+        same values: the kernel is elementwise)."""
+        state = self.state[p]
+        table, m, v, step = p.detach(), state["exp_avg"], state["exp_avg_sq"], state["step"]
+        try:
+            flat = next_tokens.reshape(-1)
+            ids, local = torch.unique(torch.cat([flat.new_zeros(1), flat]), return_inverse=True)
+            # the rows' dense gradient, summed in the order _densify sums it
+            g_ids, g_values = grad._indices()[0], grad._values()
+            pos = torch.searchsorted(ids, g_ids).clamp_(max=ids.numel() - 1)
+            hit = ids[pos] == g_ids
+            g_rows = g_values.new_zeros(ids.numel(), table.shape[1]).index_add_(0, pos[hit], g_values[hit])
+            rows = [x.index_select(0, ids) for x in (table, m, v)]
+            _adamw(settings, [rows[0]], [g_rows], [rows[1]], [rows[2]], [step])
+        except BaseException as e:
+            ahead.set_exception(e)
+            raise
+        ahead.set_result((ids, local[1:].view_as(next_tokens), rows[0]))
+        _adamw(settings, [table], [self._densify(p, grad)], [m], [v], [step])
 
     def _densify(self, p: Tensor, grad: Tensor) -> Tensor:
         """The sparse `grad` as a dense tensor, in a buffer reused from step to step: only the rows
@@ -122,6 +262,16 @@ class AdamW(torch.optim.AdamW):
             w.mul_(1 - lr * wd)
         w.addcdiv_(m, denom, value=-lr / (1 - beta1**step))
         p[rows] = w
+
+
+@torch.no_grad()  # grad mode is per thread: the background thread needs it off too
+def _adamw(group: dict, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+           exp_avg_sqs: list[Tensor], steps: list[Tensor]) -> None:
+    """torch's fused AdamW kernel with `group`'s settings; `steps` already counts this step."""
+    beta1, beta2 = group["betas"]
+    torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
+                        beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+                        maximize=False, grad_scale=None, found_inf=None)
 
 
 def use_sparse_embedding(model: nn.Module, device: torch.device, distributed: bool) -> bool:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import RunConfig
-from ..data import Encoded, Prepared, epoch_batches, eval_batches, make_batch, prepare
+from ..data import Batch, Encoded, Prepared, epoch_batches, eval_batches, make_batch, padded_batches, prepare
 from ..data.vectors import copy_into, embeddings_for_run
 from ..errors import CheckpointError, TrainingInterrupted
 from ..model import build_model, uses_flat_batches
@@ -148,8 +148,12 @@ class Trainer:
         # --lazy-embedding only the embedding rows of a batch's words are updated (optim.py)
         sparse = optim.use_sparse_embedding(self.model, self.device, self.dist.active)
         self.lazy_embedding = cfg.train.lazy_embedding and sparse
+        # --overlap-update: with 2+ threads the dense update of the (sparse-gradient) embedding runs
+        # beside the next batch
+        overlap = sparse and not self.lazy_embedding and cfg.train.overlap_update and torch.get_num_threads() >= 2
         self.optimizer = optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                                     fused=self.device.type in ("cpu", "cuda") or None, lazy=self.lazy_embedding)
+                                     fused=self.device.type in ("cpu", "cuda") or None, lazy=self.lazy_embedding,
+                                     overlap=self.model.embedding if overlap else None)
         self.steps_per_epoch = len(self.epoch_order(0))
         self.schedule = make_schedule(cfg, self.optimizer, self.steps_per_epoch * cfg.train.epochs)
         if self.dist.active:
@@ -175,20 +179,32 @@ class Trainer:
         batches = self.dist.shard(epoch_batches(self.data.train.lengths, t.batch_size, t.seed, epoch, t.bucket))
         return batches[: t.epoch_size] if t.epoch_size else batches
 
-    def train_step(self, idx: Tensor) -> tuple[float, int, int]:
-        """One optimiser step on the rows `idx`: (summed loss, correct, rows)."""
-        b = make_batch(self.data.train, idx, self.flat).to(self.device)
-        logits = self.train_module(b.tokens, b.lengths, b.offsets)
-        loss = F.cross_entropy(logits, b.labels)
-        for q in self.params:  # optimizer.zero_grad(set_to_none=True) without its per-step overhead
-            q.grad = None
-        loss.backward()
+    def train_step(self, batch: Batch | Tensor, next_batch: Batch | Tensor | None = None) -> tuple[float, int, int]:
+        """One optimiser step on `batch` (or the rows of an index tensor): (summed loss, correct, rows).
+        `next_batch` lets the optimiser update the embedding ahead for it (optim.py)."""
+        b = self._batch(batch)
+        with self.optimizer.embedding_ahead(b.tokens) as tokens:
+            logits = self.train_module(tokens, b.lengths, b.offsets)
+            loss = F.cross_entropy(logits, b.labels)
+            for q in self.params:  # optimizer.zero_grad(set_to_none=True) without its per-step overhead
+                q.grad = None
+            loss.backward()
         if self.cfg.train.clip:
             optim.clip_grad_norm(self.model.parameters(), self.cfg.train.clip)  # sparse gradients too
-        self.optimizer.step()
+        self.optimizer.step(next_tokens=None if next_batch is None else self._batch(next_batch).tokens)
         self.schedule.step()
         n = len(b)
         return loss.item() * n, int((logits.argmax(1) == b.labels).sum()), n
+
+    def _batch(self, batch: Batch | Tensor) -> Batch:
+        return (batch if isinstance(batch, Batch) else make_batch(self.data.train, batch, self.flat)).to(self.device)
+
+    def _batches(self, order: list[Tensor], start: int) -> Iterator[Batch]:
+        """order[start:] as Batches, padded a few hundred at a time (padded_batches)."""
+        for i in range(start, len(order), 256):
+            chunk = order[i:i + 256]
+            yield from (padded_batches(self.data.train, chunk) if not self.flat
+                        else (make_batch(self.data.train, idx, True) for idx in chunk))
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         self.model.train()
@@ -199,8 +215,11 @@ class Trainer:
         if bar is not None:
             bar.update(self.step)
         try:
+            stream = self._batches(batches, self.step)
+            following = next(stream, None)
             for step in range(self.step, len(batches)):
-                loss, ok, n = self.train_step(batches[step])
+                batch, following = following, next(stream, None)
+                loss, ok, n = self.train_step(batch, following)
                 loss_sum, correct, seen = loss_sum + loss, correct + ok, seen + n
                 if bar is not None:
                     bar.update(1)
@@ -208,6 +227,7 @@ class Trainer:
                         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
                 self.after_step(step + 1, (loss_sum, correct, seen, before + time.perf_counter() - t0))
         finally:
+            self.optimizer.close()  # the background update finished, its thread given back
             if bar is not None:
                 bar.close()
         loss_sum, correct, seen = self.dist.sum(loss_sum, correct, seen)  # over all ranks
@@ -264,6 +284,7 @@ class Trainer:
 
     def make_checkpoint(self, rng: dict[str, Any] | None = None,
                         running: tuple[float, float, float, float] | None = None) -> ckpt_io.Checkpoint:
+        self.optimizer.wait()  # the embedding's update may still be running in the background
         if self._data_fingerprint is None:
             t = self.data.train
             self._data_fingerprint = ckpt_io.data_fingerprint(t.tokens, t.offsets, t.labels, self.data.label_names,
