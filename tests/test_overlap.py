@@ -60,7 +60,7 @@ def test_overlap_gives_the_same_weights(ag_news_small: Path, prepared, overrides
     assert t.optimizer.overlap is t.model.embedding  # it really ran overlapped
     assert plain.keys() == overlapped.keys()
     assert all(torch.equal(plain[k], overlapped[k]) for k in plain)
-    assert t.optimizer._executor is None  # the epoch's end ended the thread
+    assert t.optimizer._worker is None  # the epoch's end ended the thread
     assert torch.get_num_threads() == threads or torch.get_num_threads() == 2  # the lent thread came back
 
 
@@ -72,7 +72,7 @@ def test_overlap_needs_two_threads_and_whole_rows(ag_news_small: Path, prepared)
     batches = odd.epoch_order(0)
     odd.train_step(batches[0], batches[1])
     odd.train_step(batches[1], batches[2])
-    assert odd.optimizer._ahead is None and odd.optimizer._pending is None
+    assert odd.optimizer._ahead is None and odd.optimizer._worker is None
 
 
 def test_checkpoint_and_resume_while_overlapping(ag_news_small: Path, prepared, tmp_path: Path) -> None:
@@ -109,9 +109,19 @@ def test_rows_ahead_are_the_tables_rows_after_the_step() -> None:
             emb(local).pow(2).sum().backward()
         opt.step(next_tokens=following)
     assert opt._ahead is not None and opt._ahead.tokens is batches[-1]
-    ids, local, values = opt._ahead.rows.result()
+    ids, local, values = opt._ahead.ids, opt._ahead.local, opt._ahead.values
     opt.wait()
     assert torch.equal(ids[local], batches[-1])
     assert ids[0] == 0  # <pad> keeps its id
     assert torch.equal(values, emb.weight.detach()[ids])
     opt.close()
+
+
+def test_an_error_on_the_background_thread_reaches_the_caller() -> None:
+    worker = optim._Worker()
+    worker.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        worker.wait()
+    worker.submit(lambda: None)  # and the thread goes on
+    worker.wait()
+    worker.close()

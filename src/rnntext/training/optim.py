@@ -21,8 +21,9 @@ sequential update (tests); the wall time of the pass moves off the critical path
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +34,51 @@ from torch import Tensor, nn
 
 @dataclass
 class _Ahead:
-    """The next batch's embedding rows, being updated ahead of the rest of the table."""
+    """The next batch's embedding rows, updated ahead of the rest of the table."""
 
     tokens: Tensor  # the batch's token ids, as given to step(next_tokens=...)
-    rows: Future  # -> (its distinct ids, sorted, <pad> first; the tokens renumbered into them; their new weights)
+    ids: Tensor  # its distinct ids, sorted (<pad> first)
+    local: Tensor  # the tokens renumbered into ids: ids[local] == tokens
+    values: Tensor  # [len(ids), embed] the rows' new weights
+
+
+class _Worker:
+    """One background thread that runs one call at a time (lighter than a ThreadPoolExecutor: a
+    submit is a queue put, and there is never more than one call in flight)."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="rnntext-adamw", daemon=True)
+        self._thread.start()
+        self._idle.wait()  # its torch thread count is set before the caller changes its own
+
+    def _run(self) -> None:
+        torch.set_num_threads(1)  # torch counts threads per thread: this one is the lent one
+        self._idle.set()
+        while (call := self._calls.get()) is not None:
+            try:
+                call()
+            except BaseException as e:  # re-raised by wait(), in the caller's thread
+                self._error = e
+            finally:
+                self._idle.set()
+
+    def submit(self, call: Callable[[], None]) -> None:
+        self._idle.clear()
+        self._calls.put(call)
+
+    def wait(self) -> None:
+        self._idle.wait()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def close(self) -> None:
+        self.wait()
+        self._calls.put(None)
+        self._thread.join()
 
 
 class AdamW(torch.optim.AdamW):
@@ -51,17 +93,15 @@ class AdamW(torch.optim.AdamW):
         # parameter -> (dense gradient buffer, rows written into it by the last step)
         self._dense_grads: dict[Tensor, tuple[Tensor, Tensor]] = {}
         self.overlap = overlap
-        self._executor: ThreadPoolExecutor | None = None
-        self._pending: Future | None = None
+        self._worker: _Worker | None = None
         self._ahead: _Ahead | None = None
         self._threads = 0  # the main thread's torch threads while it has them all (0: it has)
 
     def wait(self) -> None:
         """Block until the background update of the embedding (overlap) is done: call before reading
         the weights or the optimiser state (step(), state_dict() and load_state_dict() do)."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
+        if self._worker is not None:
+            self._worker.wait()
 
     def state_dict(self) -> dict[str, Any]:
         self.wait()
@@ -77,9 +117,9 @@ class AdamW(torch.optim.AdamW):
         thread it lent (the trainer calls this after each epoch, so evaluation has them all)."""
         self.wait()
         self._ahead = None
-        if self._executor is not None:
-            self._executor.shutdown()
-            self._executor = None
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
         if self._threads:
             torch.set_num_threads(self._threads)
             self._threads = 0
@@ -95,10 +135,10 @@ class AdamW(torch.optim.AdamW):
             self.wait()  # the model reads the table itself
             yield tokens
             return
-        ids, local, values = ahead.rows.result()
+        ids, local = ahead.ids, ahead.local
         emb = self.overlap
         table = emb.weight
-        rows = nn.Parameter(values)
+        rows = nn.Parameter(ahead.values)
         emb._parameters["weight"] = rows  # the module reads self.weight: no copy, no hook
         try:
             yield local
@@ -188,44 +228,33 @@ class AdamW(torch.optim.AdamW):
         return weight
 
     def _start_background(self, p: Tensor, next_tokens: Tensor) -> None:
-        """Hand the embedding `p`'s step to the background thread (_background)."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="rnntext-adamw",
-                                                initializer=torch.set_num_threads, initargs=(1,))
-            self._executor.submit(lambda: None).result()
-        if not self._threads:  # the main thread lends one of its torch threads (torch counts them per thread)
+        """The embedding `p`'s step: next_tokens' rows now, on copies (-> self._ahead, for the next
+        forward); the whole table on the background thread, those rows included (to the same values:
+        the kernel is elementwise)."""
+        if self._worker is None:
+            self._worker = _Worker()
+        if not self._threads:  # the main thread lends one of its torch threads
             self._threads = torch.get_num_threads()
             torch.set_num_threads(max(self._threads - 1, 1))
         group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
         # this step's settings: the schedule changes the group's lr before the thread is done
         settings = {k: group[k] for k in ("lr", "betas", "weight_decay", "eps")}
-        self.state[p]["step"] += 1
-        rows: Future = Future()
-        self._ahead = _Ahead(next_tokens, rows)
-        self._pending = self._executor.submit(self._background, settings, p, p.grad, next_tokens, rows)
-
-    @torch.no_grad()  # grad mode is per thread
-    def _background(self, settings: dict, p: Tensor, grad: Tensor, next_tokens: Tensor, ahead: Future) -> None:
-        """The embedding's AdamW step, on the background thread: first the rows of next_tokens, on
-        copies (-> `ahead`, for the next forward), then the whole table, those rows included (to the
-        same values: the kernel is elementwise)."""
         state = self.state[p]
-        table, m, v, step = p.detach(), state["exp_avg"], state["exp_avg_sq"], state["step"]
-        try:
-            flat = next_tokens.reshape(-1)
-            ids, local = torch.unique(torch.cat([flat.new_zeros(1), flat]), return_inverse=True)
-            # the rows' dense gradient, summed in the order _densify sums it
-            g_ids, g_values = grad._indices()[0], grad._values()
-            pos = torch.searchsorted(ids, g_ids).clamp_(max=ids.numel() - 1)
-            hit = ids[pos] == g_ids
-            g_rows = g_values.new_zeros(ids.numel(), table.shape[1]).index_add_(0, pos[hit], g_values[hit])
-            rows = [x.index_select(0, ids) for x in (table, m, v)]
-            _adamw(settings, [rows[0]], [g_rows], [rows[1]], [rows[2]], [step])
-        except BaseException as e:
-            ahead.set_exception(e)
-            raise
-        ahead.set_result((ids, local[1:].view_as(next_tokens), rows[0]))
-        _adamw(settings, [table], [self._densify(p, grad)], [m], [v], [step])
+        state["step"] += 1
+        table, grad, m, v, step = p.detach(), p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"]
+        flat = next_tokens.reshape(-1)
+        ids, local = torch.unique(torch.cat([flat.new_zeros(1), flat]), return_inverse=True)
+        rows = [x.index_select(0, ids) for x in (table, m, v)]  # before the table changes
+        self._worker.submit(lambda: _adamw(settings, [table], [self._densify(p, grad)], [m], [v], [step]))
+        # the rows' dense gradient, summed in the order _densify sums it; other words' entries go to
+        # a spare last row (no boolean indexing: it would wait for a count)
+        g_ids, g_values = grad._indices()[0], grad._values()
+        n = ids.numel()
+        pos = torch.searchsorted(ids, g_ids).clamp_(max=n - 1)
+        pos = torch.where(ids[pos] == g_ids, pos, n)
+        g_rows = g_values.new_zeros(n + 1, table.shape[1]).index_add_(0, pos, g_values)[:n]
+        _adamw(settings, [rows[0]], [g_rows], [rows[1]], [rows[2]], [step])
+        self._ahead = _Ahead(next_tokens, ids, local[1:].view_as(next_tokens), rows[0])
 
     def _densify(self, p: Tensor, grad: Tensor) -> Tensor:
         """The sparse `grad` as a dense tensor, in a buffer reused from step to step: only the rows
