@@ -125,3 +125,24 @@ def test_an_error_on_the_background_thread_reaches_the_caller() -> None:
     worker.submit(lambda: None)  # and the thread goes on
     worker.wait()
     worker.close()
+
+
+def test_overlap_by_default_for_small_batches_and_large_tables() -> None:
+    from rnntext.cli import build_parser, config_from_args
+    from rnntext.training.trainer import overlap_pays
+
+    class M(nn.Module):
+        def __init__(self, words: int) -> None:
+            super().__init__()
+            self.embedding = nn.Embedding(words, 64)
+
+    cfg = RunConfig()
+    cfg.train.batch_size = 16
+    assert overlap_pays(cfg, M(41_000))  # the tutorial's: 2.6M weights
+    assert not overlap_pays(cfg, M(5_000))  # a small table: its update is cheap, the step keeps both threads
+    cfg.train.batch_size = 128
+    assert not overlap_pays(cfg, M(41_000))  # the defaults' batches want both threads
+    cfg.train.overlap_update = True
+    assert overlap_pays(cfg, M(5_000))
+    args = ["train", "--data-dir", "x", "--batch-size", "16", "--no-overlap-update"]
+    assert config_from_args(build_parser().parse_args(args)).train.overlap_update is False

@@ -71,10 +71,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lazy-embedding", action="store_true", default=None,
                    help="on a CPU, update only the embedding rows of each batch's words (faster with small "
                         "batches and large vocabularies; changes the optimiser's results)")
-    t.add_argument("--overlap-update", action="store_true", default=None,
+    t.add_argument("--overlap-update", action=argparse.BooleanOptionalAction, default=None,
                    help="on a CPU with 2+ threads, update the embedding table on a second thread while the "
                         "next batch trains: the same results, faster with small batches and large "
-                        "vocabularies (the tutorial's settings), slower with large batches")
+                        "vocabularies, slower with large batches (default: on for batches of <= 32 rows "
+                        "and tables of >= 1M weights)")
     t.add_argument("--ensemble", type=int, metavar="N", help="train N runs with seeds SEED..SEED+N-1 into "
                    "OUT/member-K; evaluate, predict and serve then average their class probabilities")
     t.add_argument("--nproc", type=int, help="train data-parallel in N processes on this machine (torchrun "

@@ -100,9 +100,9 @@ class TrainConfig:
     checkpoint_every: int | None = None  # steps between mid-epoch checkpoints
     dist_timeout: float = 300.0  # seconds a distributed collective waits for a dead or stuck rank
     lazy_embedding: bool = False  # CPU: Adam updates only the embedding rows of a batch's words (training/optim.py)
-    # CPU, >= 2 threads: the embedding's update runs on a second thread beside the next batch (same results;
-    # faster with small batches and a large vocabulary, slower otherwise: training/optim.py)
-    overlap_update: bool = False
+    # CPU, >= 2 threads: the embedding's update runs on a second thread beside the next batch (same results,
+    # training/optim.py). None: where it was measured faster, batches of <= 32 rows and a table of >= 1M weights
+    overlap_update: bool | None = None
 
     def validate(self) -> None:
         if self.epochs < 1:

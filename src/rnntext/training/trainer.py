@@ -101,6 +101,17 @@ def make_schedule(cfg: RunConfig, optimizer: torch.optim.Optimizer, total_steps:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
+def overlap_pays(cfg: RunConfig, model: nn.Module) -> bool:
+    """--overlap-update, or where it is left open, whether it pays. It moves the embedding's update (a
+    pass over the whole table) to a second thread and leaves the rest of the step one thread: that wins
+    where the two are comparable. Measured on 2 cores (benchmarks/throughput.py and A/B runs): +7-20%
+    at batch 16 (the tutorial's LSTM and RNN, 41k x 64) and +12% at batch 32 (bi-GRU 64); -13 to -26% at
+    batch 64 (LSTM; EmbeddingBag) and at the defaults' batch 128."""
+    if cfg.train.overlap_update is not None:
+        return cfg.train.overlap_update
+    return cfg.train.batch_size <= 32 and model.embedding.weight.numel() >= 1_000_000
+
+
 class Trainer:
     """One training run. Read top to bottom: __init__ builds data, model, optimiser and schedule;
     fit() runs the epochs; run_epoch() is one pass over the batches; finish() restores the best
@@ -148,9 +159,8 @@ class Trainer:
         # --lazy-embedding only the embedding rows of a batch's words are updated (optim.py)
         sparse = optim.use_sparse_embedding(self.model, self.device, self.dist.active)
         self.lazy_embedding = cfg.train.lazy_embedding and sparse
-        # --overlap-update: with 2+ threads the dense update of the (sparse-gradient) embedding runs
-        # beside the next batch
-        overlap = sparse and not self.lazy_embedding and cfg.train.overlap_update and torch.get_num_threads() >= 2
+        # with 2+ threads the dense update of the (sparse-gradient) embedding can run beside the next batch
+        overlap = sparse and not self.lazy_embedding and torch.get_num_threads() >= 2 and overlap_pays(cfg, self.model)
         self.optimizer = optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                      fused=self.device.type in ("cpu", "cuda") or None, lazy=self.lazy_embedding,
                                      overlap=self.model.embedding if overlap else None)
