@@ -210,9 +210,10 @@ class Trainer:
         return (batch if isinstance(batch, Batch) else make_batch(self.data.train, batch, self.flat)).to(self.device)
 
     def _batches(self, order: list[Tensor], start: int) -> Iterator[Batch]:
-        """order[start:] as Batches, padded a few hundred at a time (padded_batches)."""
-        for i in range(start, len(order), 256):
-            chunk = order[i:i + 256]
+        """order[start:] as Batches, padded ~4k rows at a time (padded_batches; its temporaries stay small)."""
+        step = max(1, 4096 // self.cfg.train.batch_size)
+        for i in range(start, len(order), step):
+            chunk = order[i:i + step]
             yield from (padded_batches(self.data.train, chunk) if not self.flat
                         else (make_batch(self.data.train, idx, True) for idx in chunk))
 
