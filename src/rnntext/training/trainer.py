@@ -164,6 +164,9 @@ class Trainer:
         self.optimizer = optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                      fused=self.device.type in ("cpu", "cuda") or None, lazy=self.lazy_embedding,
                                      overlap=self.model.embedding if overlap else None)
+        if overlap:
+            self.log("optimizer: the embedding's update runs on a second thread beside the next batch "
+                     "(--no-overlap-update: one after the other, the same results)")
         self.steps_per_epoch = len(self.epoch_order(0))
         self.schedule = make_schedule(cfg, self.optimizer, self.steps_per_epoch * cfg.train.epochs)
         if self.dist.active:
