@@ -156,10 +156,10 @@ class AdamW(torch.optim.AdamW):
         then runs on the background thread, its rows for next_tokens first."""
         self.wait()
         self._ahead = None
-        ahead = self._overlap_param(next_tokens) if closure is None else None
-        if ahead is not None and next_tokens is not None and self._can_call_fused(skip=ahead):
-            self._start_background(ahead, next_tokens)  # first: the next forward waits for its rows
-            self._fused_step(skip=ahead)
+        table = self._overlap_param(next_tokens) if closure is None else None
+        if table is not None and next_tokens is not None and self._can_call_fused(skip=table):
+            self._start_background(table, next_tokens)  # first: the next forward waits for its rows
+            self._fused_step(skip=table)
             return None
         sparse: list[tuple[dict, Tensor, Tensor]] = []
         for group in self.param_groups:
@@ -202,7 +202,7 @@ class AdamW(torch.optim.AdamW):
     def _fused_step(self, skip: Tensor | None = None) -> None:
         """What torch.optim.AdamW(fused=True).step() computes, by the same kernel, without the ~0.2 ms
         of Python around it (grouping, state checks): about 5% of a batch-16 training step on a CPU.
-        `skip`: a parameter left to _update_ahead."""
+        `skip`: the embedding left to _start_background."""
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None and p is not skip]
             if not params:
