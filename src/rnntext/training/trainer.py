@@ -204,7 +204,8 @@ class Trainer:
             loss.backward()
         if self.cfg.train.clip:
             optim.clip_grad_norm(self.model.parameters(), self.cfg.train.clip)  # sparse gradients too
-        self.optimizer.step(next_tokens=None if next_batch is None else self._batch(next_batch).tokens)
+        ahead = next_batch is not None and self.optimizer.overlap is not None  # (only a CPU overlaps)
+        self.optimizer.step(next_tokens=self._batch(next_batch).tokens if ahead else None)
         self.schedule.step()
         n = len(b)
         return loss.item() * n, int((logits.argmax(1) == b.labels).sum()), n
