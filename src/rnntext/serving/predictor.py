@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..data import encode_texts
+from ..data import Encoded
+from ..data.encode import encode_tokens
 from ..errors import ConfigError
 from ..model import uses_flat_batches
 from ..training.ensemble import mean_probabilities, member_dirs
@@ -63,8 +64,16 @@ class Predictor:
         if not texts:
             return torch.zeros(0, len(self.labels))
         texts = list(texts)
-        members = ((r.model, encode_texts(texts, r.tokenizer, r.vocab), uses_flat_batches(r.config.model))
-                   for r in self.runs)
+        tokenized: dict[tuple, list[list[str]]] = {}  # members with the same tokenizer settings share one pass
+
+        def encoded(r: Run) -> Encoded:
+            t = r.tokenizer
+            key = (t.name, t.ngrams, t.max_len)
+            if key not in tokenized:
+                tokenized[key] = [t(x) for x in texts]
+            return encode_tokens(tokenized[key], r.vocab)
+
+        members = ((r.model, encoded(r), uses_flat_batches(r.config.model)) for r in self.runs)
         return mean_probabilities(members, (len(texts), len(self.labels)), self.device, batch_size)
 
     def predict(self, texts: list[str] | str, batch_size: int = 256) -> list[Prediction]:

@@ -157,7 +157,7 @@ class AdamW(torch.optim.AdamW):
         self.wait()
         self._ahead = None
         table = self._overlap_param(next_tokens) if closure is None else None
-        if table is not None and next_tokens is not None and self._can_call_fused(skip=table):
+        if table is not None and self._can_call_fused(skip=table):  # (table: next_tokens was given)
             self._start_background(table, next_tokens)  # first: the next forward waits for its rows
             self._fused_step(skip=table)
             return None
