@@ -40,24 +40,28 @@ def prepared(ag_news_small: Path):
     return prepare(_config(ag_news_small, False).data, seed=0, progress=False)
 
 
-@pytest.mark.parametrize("overrides", [
+@pytest.mark.parametrize("overrides, dense_rows", [
     # the defaults' recipe: bi-GRU, one-cycle schedule (the lr changes every step), weight decay,
-    # clipping (the sparse gradient is coalesced), dropout
-    dict(model__model="gru", model__bidirectional=True, model__pooling="meanmax", train__weight_decay=0.1,
-         train__clip=1.0, train__schedule="onecycle"),
-    # the tutorial's: LSTM, last state, constant lr, no clipping, batch 16
-    dict(model__model="lstm", model__pooling="last", model__dropout=0.0, model__embed_dropout=0.0,
-         train__schedule="constant", train__clip=None, train__batch_size=16),
-    # EmbeddingBag with offsets (flat batches)
-    dict(model__model="bag", data__ngrams=2, train__batch_size=64),
-], ids=["gru-onecycle", "lstm-tutorial", "bag"])
-def test_overlap_gives_the_same_weights(ag_news_small: Path, prepared, overrides) -> None:
+    # clipping (the sparse gradient is coalesced, so the rows keep it), dropout
+    (dict(model__model="gru", model__bidirectional=True, model__pooling="meanmax", train__weight_decay=0.1,
+          train__clip=1.0, train__schedule="onecycle"), False),
+    # the tutorial's: LSTM, one direction, last state, constant lr, no clipping, batch 16: one lookup a
+    # step, so the rows take a dense gradient
+    (dict(model__model="lstm", model__bidirectional=False, model__pooling="last", model__dropout=0.0,
+          model__embed_dropout=0.0, train__schedule="constant", train__clip=None, train__batch_size=16), True),
+    # two directions, each looking the embedding up (no embedding dropout to share): sparse
+    (dict(model__model="lstm", model__embed_dropout=0.0, train__clip=None, train__batch_size=16), False),
+    # EmbeddingBag with offsets (flat batches): sparse
+    (dict(model__model="bag", data__ngrams=2, train__batch_size=64), False),
+], ids=["gru-onecycle", "lstm-tutorial", "lstm-two-lookups", "bag"])
+def test_overlap_gives_the_same_weights(ag_news_small: Path, prepared, overrides, dense_rows: bool) -> None:
     threads = torch.get_num_threads()
     prep = prepared if "data__ngrams" not in overrides else prepare(
         _config(ag_news_small, False, **overrides).data, seed=0, progress=False)
     plain, _ = _weights(_config(ag_news_small, False, train__epochs=2, **overrides), prep, 2)
     overlapped, t = _weights(_config(ag_news_small, True, train__epochs=2, **overrides), prep, 2)
     assert t.optimizer.overlap is t.model.embedding  # it really ran overlapped
+    assert t.optimizer.rows_were_dense == dense_rows
     assert plain.keys() == overlapped.keys()
     assert all(torch.equal(plain[k], overlapped[k]) for k in plain)
     assert t.optimizer._worker is None  # the epoch's end ended the thread

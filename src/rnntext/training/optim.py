@@ -84,10 +84,12 @@ class _Worker:
 class AdamW(torch.optim.AdamW):
     """torch's AdamW; a sparse gradient is made dense in a kept buffer, or with `lazy=True` applied
     lazily to its rows only. With `overlap` (an nn.Embedding or nn.EmbeddingBag of the model), that
-    embedding's dense update runs on a background thread during the next batch (module docstring)."""
+    embedding's dense update runs on a background thread during the next batch (module docstring);
+    `clipped` says the caller clips the gradients (clip_grad_norm coalesces a sparse one), which
+    embedding_ahead() must know to sum the rows' gradient in the same order."""
 
     def __init__(self, params: Iterable[Tensor], *, lazy: bool = False, overlap: nn.Module | None = None,
-                 **kwargs: Any):
+                 clipped: bool = False, **kwargs: Any):
         super().__init__(params, **kwargs)
         self.lazy = lazy
         # parameter -> (dense gradient buffer, rows written into it by the last step)
@@ -96,6 +98,10 @@ class AdamW(torch.optim.AdamW):
         self._worker: _Worker | None = None
         self._ahead: _Ahead | None = None
         self._threads = 0  # the main thread's torch threads while it has them all (0: it has)
+        # with overlap: whether the embedding's rows may take a dense gradient (embedding_ahead)
+        self._dense_rows = not clipped
+        self._lookups = 0  # how many times the last overlapped forward looked the embedding up
+        self.rows_were_dense = False  # whether they did in the last overlapped step
 
     def wait(self) -> None:
         """Block until the background update of the embedding (overlap) is done: call before reading
@@ -137,15 +143,31 @@ class AdamW(torch.optim.AdamW):
             return
         ids, local = ahead.ids, ahead.local
         emb = self.overlap
-        table = emb.weight
+        table, sparse = emb.weight, emb.sparse
         rows = nn.Parameter(ahead.values)
-        emb._parameters["weight"] = rows  # the module reads self.weight: no copy, no hook
+        emb._parameters["weight"] = rows  # the module reads self.weight: no copy
+        # The few rows can take a dense gradient, far cheaper for autograd than a sparse one. It sums
+        # a word's entries in token order, as densifying the sparse one does, but only within one
+        # lookup, and clipping coalesces the sparse one (another order). So a model that looks the
+        # embedding up twice (a bidirectional one reads the reversed tokens; lookups are counted) or
+        # a clipped one keeps the sparse gradient: the sums must round as without overlap.
+        dense_rows = self.rows_were_dense = self._dense_rows and self._lookups == 1 and isinstance(emb, nn.Embedding)
+        emb.sparse = sparse and not dense_rows
+        calls: list[None] = []
+        counting = emb.register_forward_pre_hook(lambda *_: calls.append(None))
         try:
             yield local
         finally:
-            emb._parameters["weight"] = table
+            emb._parameters["weight"], emb.sparse = table, sparse
+            counting.remove()
+            self._lookups = len(calls)
         g = rows.grad
-        if g is not None:  # the sparse gradient autograd gives the table, entry for entry
+        if g is None:
+            return
+        if dense_rows:  # ids are sorted and distinct: a coalesced gradient (<pad>'s row is zero)
+            table.grad = torch.sparse_coo_tensor(ids.unsqueeze(0), g, table.shape, is_coalesced=True,
+                                                 check_invariants=False)
+        else:  # the sparse gradient autograd gives the table, entry for entry
             table.grad = torch.sparse_coo_tensor(ids[g._indices()[0]].unsqueeze(0), g._values(), table.shape,
                                                  check_invariants=False)
 

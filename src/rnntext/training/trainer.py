@@ -163,7 +163,8 @@ class Trainer:
         overlap = sparse and not self.lazy_embedding and torch.get_num_threads() >= 2 and overlap_pays(cfg, self.model)
         self.optimizer = optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                      fused=self.device.type in ("cpu", "cuda") or None, lazy=self.lazy_embedding,
-                                     overlap=self.model.embedding if overlap else None)
+                                     overlap=self.model.embedding if overlap else None,
+                                     clipped=bool(cfg.train.clip))
         if overlap:
             self.log("optimizer: the embedding's update runs on a second thread beside the next batch "
                      "(--no-overlap-update: one after the other, the same results)")
