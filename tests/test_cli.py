@@ -81,6 +81,12 @@ def test_predict_arguments_file_stdin(trained_run: Path, tmp_path: Path) -> None
     assert r_file.returncode == 0, r_file.stderr
     assert r_file.stdout == r.stdout
 
+    # texts given and a file: both, the given ones first (stdin is not read)
+    r_both = rnntext("predict", str(trained_run), "--file", str(tmp_path / "texts.txt"), "--threads", "1",
+                     texts[1], stdin="Ignored text\n")
+    assert r_both.returncode == 0, r_both.stderr
+    assert r_both.stdout.splitlines() == [lines[1], *lines]
+
     r_stdin = rnntext("predict", str(trained_run), "--threads", "1", stdin="\n".join(texts) + "\n")
     assert r_stdin.returncode == 0, r_stdin.stderr
     assert r_stdin.stdout == r.stdout

@@ -139,6 +139,22 @@ def test_own_data_formats(write_data: Callable[..., Path], name: str) -> None:
     assert splits.valid is None and splits.test is None
 
 
+def test_ag_news_with_own_test_and_valid_files(ag_news_small: Path, write_data: Callable[..., Path]) -> None:
+    test = write_data("mine.csv", ["headline", "topic"], [("Stocks fell", "Business"), ("Team wins", "Sports")])
+    valid = write_data("valid.csv", ["headline", "topic"], [("Oil rose", "Business")])
+    cfg = DataConfig(dataset="ag_news", data_dir=str(ag_news_small), test=str(test), valid=str(valid),
+                     text_columns=["headline"], label_column="topic")
+    splits = load_splits(cfg)
+    assert splits.test.texts == ["Stocks fell", "Team wins"] and splits.test.labels == ["Business", "Sports"]
+    assert splits.valid.texts == ["Oil rose"]
+    assert len(splits.train) == 2000  # the whole training split: no validation part taken from it
+    assert splits.label_names == list(CLASSES)
+    bad = write_data("bad.csv", ["headline", "topic"], [("Stocks fell", "3")])
+    with pytest.raises(DataError, match="never appears"):  # labels are the class names, not 1..4
+        load_splits(DataConfig(dataset="ag_news", data_dir=str(ag_news_small), test=str(bad),
+                               text_columns=["headline"], label_column="topic"))
+
+
 def test_several_text_columns_are_joined(write_data: Callable[..., Path]) -> None:
     path = write_data("train.csv", ["title", "body", "label"], [("Big News", "Markets rose.", "b"), ("X", "y", "a")])
     splits = load_splits(DataConfig(train=str(path), text_columns=["title", "body"], valid_split=0.0))

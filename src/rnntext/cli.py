@@ -24,7 +24,8 @@ def _add_data_options(p: argparse.ArgumentParser, train: bool) -> None:
     if train:
         g.add_argument("--train", help="your own training file: CSV, TSV or JSONL, optionally .gz")
         g.add_argument("--valid", help="validation file (default: --valid-split of train)")
-    g.add_argument("--test", help="test file, same format as --train")
+    g.add_argument("--test", help="test file, same format as --train (with --dataset ag_news: replaces its "
+                   "test split; labels are its class names)")
     g.add_argument("--text-column", action="append", dest="text_columns", metavar="NAME",
                    help="text column (repeat to join several; default: text)")
     g.add_argument("--label-column", help="label column (default: label)")
@@ -148,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict labels of texts")
     p.add_argument("run_dir")
-    p.add_argument("texts", nargs="*", help="texts (default: --file, else one per line on stdin)")
-    p.add_argument("--file", help="a file with one text per line")
+    p.add_argument("texts", nargs="*", help="texts (none and no --file: one per line on stdin)")
+    p.add_argument("--file", help="a file with one text per line (predicted after any texts given)")
     p.add_argument("--ensemble", action="append", default=[], metavar="RUN_DIR",
                    help="another run directory whose class probabilities are averaged with RUN_DIR's (repeatable)")
     p.add_argument("--device", default="auto")
@@ -309,13 +310,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     # a bad run dir fails before stdin is read
     predictor = Predictor.load([args.run_dir, *args.ensemble], args.device, args.threads)
-    if args.texts:
-        texts = list(args.texts)
-    elif args.file:
+    texts = list(args.texts)
+    if args.file:  # after any texts given as arguments
         from .data.readers import read_text_file
 
-        texts = [line for line in read_text_file(args.file).splitlines() if line.strip()]
-    else:
+        texts += [line for line in read_text_file(args.file).splitlines() if line.strip()]
+    if not args.texts and not args.file:
         if sys.stdin.isatty():  # otherwise a forgotten argument looks like a hang
             print("rnntext: reading texts from the terminal, one per line; end with Ctrl-D", file=sys.stderr)
         texts = [line for line in sys.stdin.read().splitlines() if line.strip()]

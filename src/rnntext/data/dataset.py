@@ -65,19 +65,20 @@ def split_off(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows]:
 
 
 def load_splits(cfg: DataConfig, seed: int = 0, progress: bool = True) -> Splits:
+    def read(p: str | None) -> Rows | None:
+        if p is None:
+            return None
+        return read_rows(p, cfg.text_columns, cfg.label_column, skip_bad_rows=cfg.skip_bad_rows)
+
     if cfg.dataset == "ag_news":
         train, test = ag_news.load(cfg.data_dir, cfg.skip_bad_rows, progress=progress)
-        valid = None
+        # a --valid / --test file of the user's (text and label columns, as `rnntext evaluate --test`)
+        # replaces the split's own
+        valid, test = read(cfg.valid), read(cfg.test) or test
         label_names = list(ag_news.CLASSES)
     elif cfg.dataset is None:
         if not cfg.train:
             raise ConfigError("give --dataset ag_news or --train FILE")
-
-        def read(p: str | None) -> Rows | None:
-            if p is None:
-                return None
-            return read_rows(p, cfg.text_columns, cfg.label_column, skip_bad_rows=cfg.skip_bad_rows)
-
         train, valid, test = read(cfg.train), read(cfg.valid), read(cfg.test)
         label_names = _label_order(train.labels)
     else:
