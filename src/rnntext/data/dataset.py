@@ -74,7 +74,7 @@ def load_splits(cfg: DataConfig, seed: int = 0, progress: bool = True) -> Splits
         train, test = ag_news.load(cfg.data_dir, cfg.skip_bad_rows, progress=progress)
         # a --valid / --test file of the user's (text and label columns, as `rnntext evaluate --test`)
         # replaces the split's own
-        valid, test = read(cfg.valid), read(cfg.test) or test
+        valid, test = read(cfg.valid), (read(cfg.test) if cfg.test else test)
         label_names = list(ag_news.CLASSES)
     elif cfg.dataset is None:
         if not cfg.train:
