@@ -98,8 +98,7 @@ class AdamW(torch.optim.AdamW):
         self._worker: _Worker | None = None
         self._ahead: _Ahead | None = None
         self._threads = 0  # the main thread's torch threads while it has them all (0: it has)
-        # with overlap: whether the embedding's rows may take a dense gradient (embedding_ahead)
-        self._dense_rows = not clipped
+        self.clipped = clipped  # with overlap, the rows then keep a sparse gradient (embedding_ahead)
         self._lookups = 0  # how many times the last overlapped forward looked the embedding up
         self.rows_were_dense = False  # whether they did in the last overlapped step
 
@@ -151,7 +150,7 @@ class AdamW(torch.optim.AdamW):
         # lookup, and clipping coalesces the sparse one (another order). So a model that looks the
         # embedding up twice (a bidirectional one reads the reversed tokens; lookups are counted) or
         # a clipped one keeps the sparse gradient: the sums must round as without overlap.
-        dense_rows = self.rows_were_dense = self._dense_rows and self._lookups == 1 and isinstance(emb, nn.Embedding)
+        dense_rows = self.rows_were_dense = not self.clipped and self._lookups == 1 and isinstance(emb, nn.Embedding)
         emb.sparse = sparse and not dense_rows
         calls: list[None] = []
         counting = emb.register_forward_pre_hook(lambda *_: calls.append(None))
