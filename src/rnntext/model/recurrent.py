@@ -121,38 +121,72 @@ class RecurrentClassifier(nn.Module):
         return self._gru_table_cache[1]
 
     @staticmethod
-    def _gru_from_table(tables: tuple[Tensor, Tensor, Tensor], tokens: Tensor) -> Tensor:
-        """nn.GRU's recurrence (padded, batch first) from the tables of _gru_tables."""
+    def _gru_from_table(tables: tuple[Tensor, Tensor, Tensor], tokens: Tensor, lengths: Tensor,
+                        pooling: str | None) -> Tensor:
+        """nn.GRU's recurrence over a padded batch from the tables of _gru_tables. With `pooling`
+        ("last", "mean", "max" or "meanmax"), the pooled features [B, H (x2 for meanmax)], gathered
+        as the loop goes; with None, the outputs [B, T, H] (zero past each text's length).
+
+        Rows are taken longest first, so step t runs only the rows still reading (a prefix, as in a
+        packed sequence) and a finished row keeps its last state. Every per-step tensor lives in a
+        buffer allocated once: fresh ones cost page faults on first touch, as much again as the
+        arithmetic at this size."""
         table, w_hh, b_hh = tables
-        gi = nn.functional.embedding(tokens.t(), table)  # [T, B, 3H]: one contiguous slice per step
-        T, B, H3 = gi.shape
-        H = H3 // 3
-        h = gi.new_zeros(B, H)
-        out = gi.new_empty(T, B, H)
-        for t in range(T):
-            gh = torch.addmm(b_hh, h, w_hh)
-            x = gi[t]
-            rz = torch.sigmoid(x[:, : 2 * H] + gh[:, : 2 * H])
-            # n = tanh(x_n + r * gh_n) = 2 sigmoid(2 x_n + r * 2 gh_n) - 1 (the tables hold 2 x_n, 2 gh_n)
-            n = torch.sigmoid(torch.addcmul(x[:, 2 * H:], rz[:, :H], gh[:, 2 * H:])).mul_(2).sub_(1)
-            h = torch.addcmul(n, rz[:, H:], h - n)  # (1 - z) n + z h
-            out[t] = h
-        return out.transpose(0, 1)
+        B, T = tokens.shape
+        H = w_hh.shape[0]
+        order = torch.argsort(lengths, descending=True, stable=True)
+        steps = tokens[order].t().contiguous()  # [T, B]
+        active = (lengths[order][None, :] > torch.arange(T)[:, None]).sum(1).tolist()  # rows reading at t
+        x, gh, n = table.new_empty(B, 3 * H), table.new_empty(B, 3 * H), table.new_empty(B, H)
+        h = table.new_zeros(B, H)
+        out = table.new_zeros(T, B, H) if pooling is None else None
+        total = table.new_zeros(B, H) if pooling in ("mean", "meanmax") else None
+        peak = table.new_full((B, H), float("-inf")) if pooling in ("max", "meanmax") else None
+        for t, k in enumerate(active):
+            hk, xk, ghk = h[:k], x[:k], gh[:k]
+            torch.index_select(table, 0, steps[t, :k], out=xk)
+            torch.addmm(b_hh, hk, w_hh, out=ghk)
+            rz = ghk[:, : 2 * H].add_(xk[:, : 2 * H]).sigmoid_()
+            # tanh(x_n + r * gh_n) = 2 sigmoid(2 x_n + r * 2 gh_n) - 1 (the tables hold 2 x_n, 2 gh_n)
+            nk = torch.addcmul(xk[:, 2 * H:], rz[:, :H], ghk[:, 2 * H:], out=n[:k]).sigmoid_().mul_(2).sub_(1)
+            torch.lerp(nk, hk, rz[:, H:], out=hk)  # n + z (h - n) = (1 - z) n + z h
+            if out is not None:
+                out[t, :k] = hk
+            if total is not None:
+                total[:k] += hk
+            if peak is not None:
+                torch.maximum(peak[:k], hk, out=peak[:k])
+        if out is not None:
+            result = out.transpose(0, 1)
+        else:
+            if total is not None:
+                total /= lengths[order][:, None].to(total.dtype)
+            result = torch.cat([h] if pooling == "last" else [p for p in (total, peak) if p is not None], dim=1)
+        restored = torch.empty_like(result)
+        restored[order] = result
+        return restored
 
     def directions_out(self, tokens: Tensor, lengths: Tensor) -> list[Tensor]:
         """Outputs of the last layer, one [B, T, hidden] tensor per direction, each in its own
         reading order: step t of the backward direction is token len-1-t. Pooling reads them so,
         without reversing the backward outputs back (mean and max do not depend on the order)."""
-        # below ~32 texts the table path's per-step Python costs more than the projection it saves
-        tables = self._gru_tables(tokens.device) if tokens.shape[0] >= _GRU_TABLE_MIN_BATCH else None
+        tables = self._first_layer_tables(tokens)
         if tables is not None:  # inference with a GRU: the first layer gathers its input projections
-            reading = [tokens, reverse_within_length(tokens, lengths)][: self.directions]
-            outs = [self._gru_from_table(tab, tok) for tab, tok in zip(tables, reading)]
+            outs = [self._gru_from_table(tab, tok, lengths, None)
+                    for tab, tok in zip(tables, self._reading(tokens, lengths))]
         else:
             outs = self._layer(0, self.embed_dropout(self.embedding(tokens)), tokens, lengths)
         for i in range(1, len(self.layers)):
             outs = self._layer(i, self.dropout(self._text_order(outs, lengths)), tokens, lengths)
         return outs
+
+    def _first_layer_tables(self, tokens: Tensor) -> list[tuple[Tensor, Tensor, Tensor]] | None:
+        # below ~32 texts the table path's per-step Python costs more than the projection it saves
+        return self._gru_tables(tokens.device) if tokens.shape[0] >= _GRU_TABLE_MIN_BATCH else None
+
+    def _reading(self, tokens: Tensor, lengths: Tensor) -> list[Tensor]:
+        """The tokens in each direction's reading order."""
+        return [tokens, reverse_within_length(tokens, lengths)][: self.directions]
 
     def _layer(self, i: int, x: Tensor, tokens: Tensor, lengths: Tensor) -> list[Tensor]:
         """Layer i's directions on x (text order); the backward one in its reading order."""
@@ -206,7 +240,16 @@ class RecurrentClassifier(nn.Module):
         return pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=1)
 
     def forward(self, tokens: Tensor, lengths: Tensor, offsets: Tensor | None = None) -> Tensor:
-        return self.fc(self.dropout(self.pool_directions(self.directions_out(tokens, lengths), lengths)))
+        tables = self._first_layer_tables(tokens) if len(self.layers) == 1 else None
+        if tables is not None:  # inference with a one-layer GRU: pooled as the recurrence goes
+            pooled = [self._gru_from_table(tab, tok, lengths, self.pooling)
+                      for tab, tok in zip(tables, self._reading(tokens, lengths))]
+            # [pooling 1: forward, backward | pooling 2: forward, backward], as pool_directions lays them out
+            parts = [p.split(self.hidden_dim, dim=1) for p in pooled]
+            features = torch.cat([part[i] for i in range(len(parts[0])) for part in parts], dim=1)
+        else:
+            features = self.pool_directions(self.directions_out(tokens, lengths), lengths)
+        return self.fc(self.dropout(features))
 
 
 class BagClassifier(nn.Module):
