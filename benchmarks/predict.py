@@ -42,16 +42,28 @@ def timed(fn: Any, repeats: int) -> float:
 
 
 def rnntext_rows(run_dir: str, texts: list[str], threads: int, repeats: int, batch_sizes: list[int]) -> list[dict]:
+    """Each batch size timed `repeats` times, the sizes interleaved within each repeat so that the
+    machine's drift from minute to minute falls on all of them alike; medians."""
     pred = Predictor.load(run_dir, device="cpu", threads=threads)
     n = len(texts)
     enc_s = timed(lambda: encode_texts(texts, pred.tokenizer, pred.run.vocab), repeats)
+    times: dict[int, list[float]] = {bs: [] for bs in batch_sizes}
+    for bs in batch_sizes:  # warm-up
+        pred.probabilities(texts, batch_size=bs)
+    for _ in range(repeats):
+        for bs in batch_sizes:
+            t0 = time.perf_counter()
+            pred.probabilities(texts, batch_size=bs)
+            times[bs].append(time.perf_counter() - t0)
     rows = []
     for bs in batch_sizes:
-        sec = timed(lambda bs=bs: pred.probabilities(texts, batch_size=bs), repeats)
+        sec = statistics.median(times[bs])
         rows.append({"system": "rnntext", "batch_size": bs, "texts_per_second": n / sec, "seconds": sec,
-                     "tokenise_encode_seconds": enc_s, "model_seconds": sec - enc_s})
+                     "tokenise_encode_seconds": enc_s, "model_seconds": sec - enc_s,
+                     "texts_per_second_each_repeat": [n / t for t in times[bs]]})
         print(f"rnntext batch {bs:5d}: {n / sec:9.0f} texts/s (tokenise+encode {enc_s:.2f}s, "
-              f"model {sec - enc_s:.2f}s of {sec:.2f}s)", flush=True)
+              f"model {sec - enc_s:.2f}s of {sec:.2f}s; repeats: "
+              + " / ".join(f"{n / t:.0f}" for t in times[bs]) + ")", flush=True)
     return rows
 
 
@@ -84,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-dir")
     ap.add_argument("--run-dir", help="a trained run (default: runs/default if it exists, else train one)")
     ap.add_argument("--threads", type=int, default=None, help="(default: all cores)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--batch-sizes", default="256,512,1024,2048")
     ap.add_argument("--no-fasttext", action="store_true")
     ap.add_argument("--quick", action="store_true", help="train a 1-epoch default model on 2,000 batches' worth")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rnntext.data.batching import epoch_batches, eval_batches, flat_batch, make_batch, padded_batch, padded_batches
 from rnntext.data.encode import encode_texts, encode_tokens
@@ -148,3 +150,22 @@ def test_eval_batches_sorted_and_complete() -> None:
     rows = torch.cat(batches)
     assert sorted(rows.tolist()) == list(range(777))
     assert lengths[rows].tolist() == sorted(lengths.tolist())
+
+
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=300), st.integers(1, 64), st.integers(1, 5000))
+def test_eval_batches_token_cap(lengths: list[int], batch_size: int, max_tokens: int) -> None:
+    # every row once, ascending; each batch as large as both caps allow (a text longer than the token
+    # cap goes alone)
+    lens = torch.tensor(lengths)
+    batches = eval_batches(lens, batch_size, max_tokens)
+    rows = torch.cat(batches)
+    assert sorted(rows.tolist()) == list(range(len(lengths)))
+    assert lens[rows].tolist() == sorted(lengths)
+    for i, b in enumerate(batches):
+        padded = b.numel() * int(lens[b].max())
+        assert b.numel() <= batch_size and (padded <= max_tokens or b.numel() == 1)
+        if i + 1 < len(batches):  # the next row did not fit
+            nxt = batches[i + 1][0]
+            assert b.numel() == batch_size or (b.numel() + 1) * int(lens[nxt]) > max_tokens
+    assert [b.tolist() for b in eval_batches(lens, batch_size, 10**9)] == [
+        b.tolist() for b in eval_batches(lens, batch_size)]

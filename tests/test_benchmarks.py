@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from rnntext.cli import build_parser, config_from_args
 from rnntext.config import RunConfig
+from rnntext.data.tokenizer import basic_english
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -43,6 +46,25 @@ def test_tutorial_vocab_is_torchtext_style(bench) -> None:
     vocab = tp.TutorialVocab(["b a a", "c b a"])
     assert vocab.itos == ["<unk>", "a", "b", "c"]  # specials first, then by frequency, ties in first-seen order
     assert vocab(["a", "zzz"]) == [1, 0]  # unknown words (and the padding) are the <unk> id
+
+
+def _benchmark_module(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@given(st.text(alphabet=st.sampled_from(list("aB <br />'\".,()!?;:\t\n\u00a0\x1c\u2028İ")), max_size=30)
+       | st.text(max_size=30))
+@example('<br" />x<BR />y')  # a quote inside "<br />": removed first, so the tag then goes
+@example("a<br;/>b")  # ";" becomes a space after the tag rule has run: "<br", "/>" stay
+def test_basic_english_splits_as_torchtexts_regular_expressions(text: str) -> None:
+    # rnntext's literal replacements and the tutorial's torchtext regexes give the same tokens on any
+    # text (quotes inside "<br />", unicode whitespace, characters whose lowercase is longer), so both
+    # loops of the throughput benchmark build the same vocabulary
+    assert basic_english(text) == _benchmark_module("throughput").torchtext_basic_english(text)
 
 
 def test_throughput_writes_rows_per_second_for_both_loops(bench, ag_news_small: Path, tmp_path: Path) -> None:
@@ -78,11 +100,6 @@ def test_accuracy_rejects_unknown_rows(bench, ag_news_small: Path) -> None:
 
 
 def test_scaling_linearity_fit() -> None:
-    sys.path.insert(0, str(BENCH))
-    try:
-        scaling = importlib.import_module("scaling")
-    finally:
-        sys.path.remove(str(BENCH))
-    fit = scaling.linearity([1, 2, 4], [2.0, 4.0, 8.0])
+    fit = _benchmark_module("scaling").linearity([1, 2, 4], [2.0, 4.0, 8.0])
     assert fit["r2"] == pytest.approx(1.0) and fit["slope"] == pytest.approx(2.0)
     assert fit["cost_per_unit_ratio_largest_vs_smallest"] == pytest.approx(1.0)

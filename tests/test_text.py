@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
-from hypothesis import example, given
-from hypothesis import strategies as st
 
 from rnntext.data.tokenizer import Tokenizer, add_ngrams, basic_english
 from rnntext.data.vocab import PAD, PAD_ID, UNK, UNK_ID, Vocab
@@ -32,29 +28,6 @@ from rnntext.errors import ConfigError
 )
 def test_basic_english(text: str, tokens: list[str]) -> None:
     assert basic_english(text) == tokens
-
-
-# torchtext's basic_english, as it was written: twelve regular expressions in this order
-_TORCHTEXT_RULES = [(re.compile(p), r) for p, r in [
-    (r"\'", " '  "), (r"\"", ""), (r"\.", " . "), (r"<br \/>", " "), (r",", " , "), (r"\(", " ( "),
-    (r"\)", " ) "), (r"\!", " ! "), (r"\?", " ? "), (r"\;", " "), (r"\:", " "), (r"\s+", " ")]]
-
-
-def _torchtext_basic_english(text: str) -> list[str]:
-    text = text.lower()
-    for pattern, repl in _TORCHTEXT_RULES:
-        text = pattern.sub(repl, text)
-    return text.split()
-
-
-@given(st.text(alphabet=st.sampled_from(list("aB <br />'\".,()!?;:\t\n\u00a0\x1c\u2028İ")), max_size=30)
-       | st.text(max_size=30))
-@example('<br" />x<BR />y')  # a quote inside "<br />": removed first, so the tag then goes
-@example("a<br;/>b")  # ";" becomes a space after the tag rule has run: "<br", "/>" stay
-def test_basic_english_equals_torchtexts_regular_expressions(text: str) -> None:
-    # the literal replacements must split exactly as the regex version, on any text (quotes inside
-    # "<br />", unicode whitespace, characters whose lowercase is longer)
-    assert basic_english(text) == _torchtext_basic_english(text)
 
 
 def test_ngrams_follow_words_like_torchtext() -> None:

@@ -3,6 +3,7 @@ and a length-bucketed batch order (shuffled buckets, shuffled batches) that keep
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import torch
@@ -95,7 +96,20 @@ def epoch_batches(lengths: Tensor, batch_size: int, seed: int, epoch: int, bucke
     return [batches[i] for i in shuffle.tolist()]
 
 
-def eval_batches(lengths: Tensor, batch_size: int) -> list[Tensor]:
-    """Batches sorted by length for evaluation and prediction (least padding, fixed order)."""
+def eval_batches(lengths: Tensor, batch_size: int, max_tokens: int | None = None) -> list[Tensor]:
+    """Batches sorted by length for evaluation and prediction (least padding, fixed order). With
+    `max_tokens`, a batch also stops before rows x its longest text would exceed it (at least one row)."""
     order = torch.argsort(lengths, stable=True)
-    return list(order.split(batch_size))
+    if max_tokens is None:
+        return list(order.split(batch_size))
+    ascending = lengths[order].tolist()
+    batches, start = [], 0
+    while start < len(ascending):
+        # the padded size of rows start..end-1, (end - start) * ascending[end - 1], grows with end
+        top = min(start + batch_size, len(ascending))
+        end = bisect.bisect_right(range(start + 1, top + 1), max_tokens,
+                                  key=lambda e: (e - start) * ascending[e - 1]) + start
+        end = max(end, start + 1)
+        batches.append(order[start:end])
+        start = end
+    return batches

@@ -60,14 +60,14 @@ def seed_everything(seed: int) -> None:
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, data: Encoded, flat: bool, device: torch.device,
-                   batch_size: int = 512) -> Tensor:
-    """Logits for every row of `data`, in its original order (batches sorted by length)."""
+                   batch_size: int = 512, max_tokens: int | None = None) -> Tensor:
+    """Logits for every row of `data`, in its original order (batches sorted by length; see eval_batches)."""
     was_training = model.training
     model.eval()
     out = torch.empty(len(data), model.fc.out_features)
     tables = getattr(model, "inference_tables", None)  # a GRU precomputes its input projections
     with tables() if tables is not None else contextlib.nullcontext():
-        for idx in eval_batches(data.lengths, batch_size):
+        for idx in eval_batches(data.lengths, batch_size, max_tokens):
             b = make_batch(data, idx, flat).to(device)
             out[idx] = model(b.tokens, b.lengths, b.offsets).float().cpu()
     model.train(was_training)
