@@ -2,8 +2,9 @@
 
 (a) A faithful re-implementation of the classic PyTorch/torchtext RNN tutorial loop: a DataLoader
     with shuffle over (label, text) pairs and a collate function that tokenises every batch of 16
-    with basic_english, looks the tokens up in a torchtext-style vocabulary (specials ['<unk>']
-    only, most frequent first) and right-pads with the <unk> id; nn.LSTM / packed nn.LSTM / nn.RNN
+    with torchtext's basic_english (its regular expressions), looks the tokens up in a
+    torchtext-style vocabulary (specials ['<unk>'] only, most frequent first) and right-pads with
+    the <unk> id; nn.LSTM / packed nn.LSTM / nn.RNN
     models (embed 64, hidden 32), Adam at 1e-3.
 (b) rnntext with the same settings (presets tutorial-lstm, tutorial-lstm-packed, tutorial-rnn:
     same dims, batch 16, Adam 1e-3 constant, min_freq 1, no cap) through the Trainer's own
