@@ -40,6 +40,23 @@ def test_train_own_data(tmp_path: Path) -> None:
     assert json.loads(r.stdout)["n"] == 10
 
 
+def test_raw_tsv_with_quoting_none(tmp_path: Path) -> None:
+    lines = ["text\tlabel"] + [f'"{w}" {w} day\t{"sunny" if w == "sun" else "rainy"}' for w in ["sun", "rain"] * 20]
+    (tmp_path / "raw.tsv").write_text("\n".join(lines) + "\n")
+    args = ["--embed-dim", "8", "--hidden-dim", "8", "--epochs", "1", "--threads", "1", "-q", "--json"]
+    r = rnntext("train", "--train", "raw.tsv", "--out", "bad", *args, cwd=tmp_path)
+    assert r.returncode != 0 and "raw.tsv:2: malformed TSV row" in r.stderr and "--quoting none" in r.stderr
+    r = rnntext("train", "--train", "raw.tsv", "--test", "raw.tsv", "--quoting", "none", "--out", "run", *args,
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["quoting"] == "none"
+    r = rnntext("evaluate", "run", "--json", "--threads", "1", cwd=tmp_path)  # the run's quoting again
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["n"] == 40
+    r = rnntext("evaluate", "run", "--quoting", "csv", "--threads", "1", cwd=tmp_path)
+    assert r.returncode != 0 and "malformed TSV row" in r.stderr
+
+
 def test_evaluate_text_and_json(trained_run: Path, ag_news_small: Path) -> None:
     r = rnntext("evaluate", str(trained_run), "--threads", "1")
     assert r.returncode == 0, r.stderr

@@ -81,6 +81,24 @@ def test_unbalanced_quotes(tmp_path: Path) -> None:
     _error(tmp_path, "y.csv", b'text,label\nok,a\n"never closed,b\nmore,c\n', 3, "unexpected end of data")
 
 
+def test_raw_tsv_quotes_are_text_with_quoting_none(tmp_path: Path) -> None:
+    # GLUE-style TSV: no quoting, so a text may start with a quote or hold an odd number of them
+    data = b'text\tlabel\n"the film" is great\tpos\nthe "worst\tneg\n""\tneg\n'
+    _error(tmp_path, "raw.tsv", data, 2, "malformed TSV row", "--quoting none")
+    path = tmp_path / "raw.tsv"
+    rows = read_rows(path, *COLS, quoting="none")
+    assert rows.texts == ['"the film" is great', 'the "worst', '""'] and rows.labels == ["pos", "neg", "neg"]
+    assert rows.lines == [2, 3, 4]
+    # the default still reads quoted fields (a tab inside one), and "none" keeps their quotes
+    quoted = tmp_path / "quoted.tsv"
+    quoted.write_bytes(b'text\tlabel\n"a\tb ""c"""\tx\n')
+    assert read_rows(quoted, *COLS).texts == ['a\tb "c"']
+    with pytest.raises(DataError, match="expected 2 columns, found 3"):
+        read_rows(quoted, *COLS, quoting="none")
+    with pytest.raises(DataError, match="unknown quoting 'raw'"):
+        read_rows(quoted, *COLS, quoting="raw")
+
+
 def test_too_few_and_too_many_columns(tmp_path: Path) -> None:
     _error(tmp_path, "x.csv", b"text,label\nok,a\nno label here\n", 3, "expected 2 columns, found 1")
     _error(tmp_path, "x.csv", b"text,label\nok,a\nan, unquoted comma,b\n", 3, "expected 2 columns, found 3")

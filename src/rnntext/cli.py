@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .config import MODELS, POOLINGS, RunConfig
+from .config import MODELS, POOLINGS, QUOTINGS, RunConfig
 from .errors import ConfigError, RnnTextError, TrainingInterrupted
 from .presets import PRESETS
 
@@ -31,6 +31,8 @@ def _add_data_options(p: argparse.ArgumentParser, train: bool) -> None:
     g.add_argument("--label-column", help="label column (default: label)")
     g.add_argument("--skip-bad-rows", action="store_true", default=None,
                    help="skip and count malformed rows instead of stopping")
+    g.add_argument("--quoting", choices=QUOTINGS,
+                   help='CSV/TSV: "quoted" fields (csv, the default) or quotes as ordinary characters (none: raw TSV)')
     if train:
         g.add_argument("--valid-split", type=float, help="fraction of train held out for validation (0.05)")
         g.add_argument("--ngrams", type=int, help="append 2..N-grams to the tokens (1)")
@@ -115,6 +117,8 @@ def _add_vectors_command(sub: Any) -> None:
     p.add_argument("--text-column", action="append", dest="text_columns", metavar="NAME",
                    help="text column of CSV/TSV/JSONL inputs (repeat to join several; default: text)")
     p.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows instead of stopping")
+    p.add_argument("--quoting", choices=QUOTINGS, default="csv",
+                   help='CSV/TSV: "quoted" fields (csv) or quotes as ordinary characters (none: raw TSV)')
     p.add_argument("--out", required=True, help="the .vec file to write")
     p.add_argument("--algorithm", choices=["skipgram", "cbow", "fasttext"], default="skipgram",
                    help="gensim Word2Vec skip-gram or CBOW, or gensim FastText (default: skipgram)")
@@ -203,7 +207,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         d.dataset = "ag_news"
     _set(d, data_dir=args.data_dir, train=args.train, valid=args.valid, test=args.test,
          text_columns=args.text_columns, label_column=args.label_column, skip_bad_rows=args.skip_bad_rows,
-         valid_split=args.valid_split, ngrams=args.ngrams, min_freq=args.min_freq,
+         quoting=args.quoting, valid_split=args.valid_split, ngrams=args.ngrams, min_freq=args.min_freq,
          max_vocab=args.max_vocab, max_len=args.max_len, tokenizer=args.tokenizer)
     _set(d, embeddings=args.embeddings, embeddings_lowercase=args.embeddings_lowercase,
          vocab_from_embeddings=args.vocab_from_embeddings, vocab_from_embeddings_max=args.vocab_from_embeddings_max)
@@ -300,7 +304,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # Unset options keep what the run was trained with (its test file, columns, AG News directory).
     report = evaluate_run(args.run_dir, device=args.device, threads=args.threads, test=args.test, dataset=args.dataset,
                           data_dir=args.data_dir, text_columns=args.text_columns, label_column=args.label_column,
-                          skip_bad_rows=args.skip_bad_rows)
+                          skip_bad_rows=args.skip_bad_rows, quoting=args.quoting)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -367,7 +371,7 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     opts = VectorOptions(dim=args.dim, epochs=args.epochs, min_count=args.min_count, window=args.window,
                          algorithm=args.algorithm, threads=args.threads, seed=args.seed, tokenizer=args.tokenizer)
     texts = read_texts(args.train, args.text_columns, "ag_news" if args.dataset or args.data_dir else None,
-                       args.data_dir, args.skip_bad_rows)
+                       args.data_dir, args.skip_bad_rows, args.quoting)
     train_vectors(texts, args.out, opts, log=lambda s: print(s, file=sys.stderr))
     return 0
 

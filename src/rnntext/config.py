@@ -14,6 +14,9 @@ FORMAT_VERSION = 1
 CELLS = ("rnn", "lstm", "gru")
 MODELS = (*CELLS, "bag")
 POOLINGS = ("last", "mean", "max", "meanmax")
+# CSV/TSV quoting: "csv" reads "quoted" fields ("" inside), as spreadsheets and pandas write them; "none"
+# takes quotes as ordinary characters, as in raw TSV corpora (GLUE, SNLI) where a text may start with one.
+QUOTINGS = ("csv", "none")
 
 
 @dataclass
@@ -27,6 +30,7 @@ class DataConfig:
     label_column: str = "label"
     valid_split: float = 0.05
     skip_bad_rows: bool = False
+    quoting: str = "csv"  # one of QUOTINGS
     tokenizer: str = "basic_english"
     ngrams: int = 1
     min_freq: int = 2  # words seen once are mostly names and typos: halves the vocabulary, +0.4% (tune.py)
@@ -40,6 +44,8 @@ class DataConfig:
     def validate(self) -> None:
         if not 0.0 <= self.valid_split < 1.0:
             raise ConfigError(f"--valid-split must be in [0, 1), got {self.valid_split}")
+        if self.quoting not in QUOTINGS:
+            raise ConfigError(f"--quoting must be one of {', '.join(QUOTINGS)}, got {self.quoting!r}")
         if self.ngrams < 1:
             raise ConfigError(f"--ngrams must be >= 1, got {self.ngrams}")
         if self.min_freq < 1:

@@ -68,7 +68,8 @@ def load_splits(cfg: DataConfig, seed: int = 0, progress: bool = True) -> Splits
     def read(p: str | None) -> Rows | None:
         if p is None:
             return None
-        return read_rows(p, cfg.text_columns, cfg.label_column, skip_bad_rows=cfg.skip_bad_rows)
+        return read_rows(p, cfg.text_columns, cfg.label_column, skip_bad_rows=cfg.skip_bad_rows,
+                         quoting=cfg.quoting)
 
     if cfg.dataset == "ag_news":
         train, test = ag_news.load(cfg.data_dir, cfg.skip_bad_rows, progress=progress)

@@ -16,6 +16,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import QUOTINGS
 from ..errors import DataError
 
 csv.field_size_limit(2**31 - 1)  # a 10 MB text field is legitimate data, not an error
@@ -89,23 +90,28 @@ def read_rows(
     fmt: str | None = None,
     header: bool = True,
     skip_bad_rows: bool = False,
+    quoting: str = "csv",
 ) -> Rows:
-    """Read texts and labels. With `header=False` (CSV/TSV), columns are 0-based indices."""
+    """Read texts and labels. With `header=False` (CSV/TSV), columns are 0-based indices; `quoting`:
+    one of QUOTINGS (CSV/TSV)."""
     fmt = fmt or detect_format(path)
     text = read_text_file(path, lenient=skip_bad_rows)
     if fmt == "jsonl":
         return _read_jsonl(str(path), text, text_columns, label_column, skip_bad_rows)
+    if quoting not in QUOTINGS:
+        raise DataError(f"unknown quoting {quoting!r}; choose one of {', '.join(QUOTINGS)}", str(path))
     return _read_delimited(str(path), text, "," if fmt == "csv" else "\t", text_columns,
-                           label_column, header, skip_bad_rows)
+                           label_column, header, skip_bad_rows, quoting)
 
 
 def _read_delimited(path: str, text: str, delimiter: str, text_columns: list[str], label_column: str,
-                    header: bool, skip_bad_rows: bool) -> Rows:
+                    header: bool, skip_bad_rows: bool, quoting: str = "csv") -> Rows:
     rows = Rows(path)
     kind = "CSV" if delimiter == "," else "TSV"
     if not text.strip():
         raise DataError("file is empty", path)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True,
+                        quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL)
 
     def bad(problem: str, line: int) -> None:
         if not skip_bad_rows:
@@ -141,7 +147,8 @@ def _read_delimited(path: str, text: str, delimiter: str, text_columns: list[str
             break
         except csv.Error as e:
             end = reader.line_num
-            bad(f"malformed {kind} row ({e}); check for an unbalanced quote", line)
+            bad(f"malformed {kind} row ({e}); check for an unbalanced quote, or give --quoting none if "
+                "quotes are ordinary characters in this file", line)
             continue
         end = reader.line_num
         if not row or (len(row) == 1 and not row[0].strip()):

@@ -79,7 +79,7 @@ def _plain_lines(path: str) -> Iterator[str]:
 
 
 def read_texts(files: Iterable[str] = (), text_columns: list[str] | None = None, dataset: str | None = None,
-               data_dir: str | None = None, skip_bad_rows: bool = False) -> Iterator[str]:
+               data_dir: str | None = None, skip_bad_rows: bool = False, quoting: str = "csv") -> Iterator[str]:
     """Texts from plain text files (one per line), CSV/TSV/JSONL files (`text_columns`), or the
     training split of a built-in dataset."""
     if dataset is not None:
@@ -90,7 +90,7 @@ def read_texts(files: Iterable[str] = (), text_columns: list[str] | None = None,
     for path in files:
         if _is_table(path):
             # Unlabelled text: any column will do as the "label" the reader wants; the text column always exists.
-            yield from read_rows(path, columns, columns[0], skip_bad_rows=skip_bad_rows).texts
+            yield from read_rows(path, columns, columns[0], skip_bad_rows=skip_bad_rows, quoting=quoting).texts
         else:
             yield from _plain_lines(path)
 

@@ -18,7 +18,8 @@ from .metrics import classification_report
 
 def read_eval_rows(data: DataConfig) -> Rows:
     if data.test:
-        return read_rows(data.test, data.text_columns, data.label_column, skip_bad_rows=data.skip_bad_rows)
+        return read_rows(data.test, data.text_columns, data.label_column, skip_bad_rows=data.skip_bad_rows,
+                         quoting=data.quoting)
     if data.dataset == "ag_news":
         return ag_news.load(data.data_dir, data.skip_bad_rows)[1]
     raise ConfigError("nothing to evaluate on: give --test FILE or --dataset ag_news")
@@ -26,7 +27,8 @@ def read_eval_rows(data: DataConfig) -> Rows:
 
 def evaluation_data(trained: DataConfig, *, test: str | None = None, dataset: str | None = None,
                     data_dir: str | None = None, text_columns: list[str] | None = None,
-                    label_column: str | None = None, skip_bad_rows: bool | None = None) -> DataConfig:
+                    label_column: str | None = None, skip_bad_rows: bool | None = None,
+                    quoting: str | None = None) -> DataConfig:
     """The data to evaluate on: what the run was trained with, changed by the options given. Columns
     default to the run's own, so a model trained with --text-column sentence reads `sentence` again."""
     data = copy.deepcopy(trained)
@@ -40,13 +42,16 @@ def evaluation_data(trained: DataConfig, *, test: str | None = None, dataset: st
         data.label_column = label_column
     if skip_bad_rows is not None:
         data.skip_bad_rows = skip_bad_rows
+    if quoting is not None:
+        data.quoting = quoting
+        data.validate()
     return data
 
 
 def evaluate_run(run_dir: str | Path | Sequence[str | Path], data: DataConfig | None = None, device: str = "auto",
                  threads: int | None = None, **options: Any) -> dict[str, Any]:
     """Metrics of the run in `run_dir` on `data`'s test set, by default the one it was trained with;
-    `options` (test, dataset, data_dir, text_columns, label_column, skip_bad_rows) change it as in
+    `options` (test, dataset, data_dir, text_columns, label_column, skip_bad_rows, quoting) change it as in
     `evaluation_data`. Several run directories are evaluated as an ensemble (mean of their class
     probabilities) on the first one's test set."""
     from ..serving.predictor import Predictor
