@@ -57,6 +57,24 @@ def test_raw_tsv_with_quoting_none(tmp_path: Path) -> None:
     assert r.returncode != 0 and "malformed TSV row" in r.stderr
 
 
+def test_label_names_come_back_from_predict_and_evaluate(tmp_path: Path) -> None:
+    rows = [(f"{w} {w} day", 1 if w == "sun" else 0) for w in ["sun", "rain"] * 20]
+    write_table(tmp_path / "train.csv", ["text", "label"], rows)
+    r = rnntext("train", "--train", "train.csv", "--test", "train.csv", "--label-names", "0=rainy,1=sunny",
+                "--embed-dim", "8", "--hidden-dim", "8", "--epochs", "3", "--lr", "0.05", "--threads", "1",
+                "--out", "run", "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "run" / "labels.json").read_text()) == ["rainy", "sunny"]
+    r = rnntext("predict", "run", "sun sun day", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads(r.stdout)["probabilities"]) == {"rainy", "sunny"}
+    r = rnntext("evaluate", "run", "--json", "--threads", "1", cwd=tmp_path)  # the test file's 0/1, named
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads(r.stdout)["per_class"]) == {"rainy", "sunny"}
+    r = rnntext("train", "--train", "train.csv", "--label-names", "0=rainy,1", "--out", "bad", cwd=tmp_path)
+    assert r.returncode != 0 and "expected distinct LABEL=NAME pairs separated by commas, got '1'" in r.stderr
+
+
 def test_evaluate_text_and_json(trained_run: Path, ag_news_small: Path) -> None:
     r = rnntext("evaluate", str(trained_run), "--threads", "1")
     assert r.returncode == 0, r.stderr

@@ -18,7 +18,7 @@ from rnntext.config import DataConfig
 from rnntext.data import ag_news
 from rnntext.data.dataset import load_splits
 from rnntext.data.readers import Rows, read_rows
-from rnntext.errors import DataError
+from rnntext.errors import ConfigError, DataError
 
 COLS = (["text"], "label")
 
@@ -142,6 +142,25 @@ def test_label_never_seen_in_training(tmp_path: Path) -> None:
     cfg.skip_bad_rows = True
     splits = load_splits(cfg)
     assert splits.test is not None and (splits.test.labels, splits.test.skipped) == (["pos", "neg"], 1)
+
+
+def test_label_names(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_bytes(b"text,label\na,1\nb,0\nc,1\n")
+    (tmp_path / "test.csv").write_bytes(b"text,label\nc,0\nd,2\ne,1\n")
+    cfg = DataConfig(train=str(tmp_path / "train.csv"), test=str(tmp_path / "test.csv"), valid_split=0,
+                     label_names={"1": "positive", "0": "negative"})
+    with pytest.raises(DataError, match=r"test\.csv:3: label '2' has no name in --label-names \(named: 1, 0\)"):
+        load_splits(cfg)
+    cfg.skip_bad_rows = True
+    splits = load_splits(cfg)
+    assert splits.label_names == ["positive", "negative"]  # the order given
+    assert splits.train.labels == ["positive", "negative", "positive"] and splits.train.lines == [2, 3, 4]
+    assert splits.test is not None and (splits.test.labels, splits.test.skipped) == (["negative", "positive"], 1)
+    for bad in ({"0": "x", "1": "x"}, {"0": " "}, {}):
+        with pytest.raises(ConfigError, match="distinct, non-empty names"):
+            DataConfig(train="t.csv", label_names=bad).validate()
+    with pytest.raises(ConfigError, match="AG News labels are named already"):
+        DataConfig(dataset="ag_news", label_names={"1": "a"}).validate()
 
 
 def test_non_numeric_ag_news_class(tmp_path: Path) -> None:

@@ -29,6 +29,9 @@ def _add_data_options(p: argparse.ArgumentParser, train: bool) -> None:
     g.add_argument("--text-column", action="append", dest="text_columns", metavar="NAME",
                    help="text column (repeat to join several; default: text)")
     g.add_argument("--label-column", help="label column (default: label)")
+    if train:
+        g.add_argument("--label-names", type=_label_names, metavar="LABEL=NAME,...",
+                       help="name the files' labels, in class order, e.g. 0=negative,1=positive")
     g.add_argument("--skip-bad-rows", action="store_true", default=None,
                    help="skip and count malformed rows instead of stopping")
     g.add_argument("--quoting", choices=QUOTINGS,
@@ -195,6 +198,16 @@ def _set(obj: Any, **values: Any) -> None:
             setattr(obj, k, v)
 
 
+def _label_names(text: str) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for item in text.split(","):
+        label, sep, name = item.partition("=")
+        if not sep or not label.strip() or label.strip() in names:
+            raise argparse.ArgumentTypeError(f"expected distinct LABEL=NAME pairs separated by commas, got {item!r}")
+        names[label.strip()] = name.strip()
+    return names
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg = RunConfig()
     if args.preset:
@@ -206,9 +219,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     elif args.dataset or args.data_dir:
         d.dataset = "ag_news"
     _set(d, data_dir=args.data_dir, train=args.train, valid=args.valid, test=args.test,
-         text_columns=args.text_columns, label_column=args.label_column, skip_bad_rows=args.skip_bad_rows,
-         quoting=args.quoting, valid_split=args.valid_split, ngrams=args.ngrams, min_freq=args.min_freq,
-         max_vocab=args.max_vocab, max_len=args.max_len, tokenizer=args.tokenizer)
+         text_columns=args.text_columns, label_column=args.label_column, label_names=args.label_names,
+         skip_bad_rows=args.skip_bad_rows, quoting=args.quoting, valid_split=args.valid_split, ngrams=args.ngrams,
+         min_freq=args.min_freq, max_vocab=args.max_vocab, max_len=args.max_len, tokenizer=args.tokenizer)
     _set(d, embeddings=args.embeddings, embeddings_lowercase=args.embeddings_lowercase,
          vocab_from_embeddings=args.vocab_from_embeddings, vocab_from_embeddings_max=args.vocab_from_embeddings_max)
     _set(cfg.model, freeze_embeddings=args.freeze_embeddings)

@@ -28,6 +28,7 @@ class DataConfig:
     valid: str | None = None
     text_columns: list[str] = field(default_factory=lambda: ["text"])
     label_column: str = "label"
+    label_names: dict[str, str] | None = None  # the files' labels -> names (e.g. {"0": "negative"}), in class order
     valid_split: float = 0.05
     skip_bad_rows: bool = False
     quoting: str = "csv"  # one of QUOTINGS
@@ -44,6 +45,12 @@ class DataConfig:
     def validate(self) -> None:
         if not 0.0 <= self.valid_split < 1.0:
             raise ConfigError(f"--valid-split must be in [0, 1), got {self.valid_split}")
+        if self.label_names is not None:
+            if self.dataset is not None:
+                raise ConfigError("--label-names is for your own files; AG News labels are named already")
+            names = list(self.label_names.values())
+            if not names or len(set(names)) != len(names) or not all(n.strip() for n in names):
+                raise ConfigError(f"--label-names needs distinct, non-empty names, got {', '.join(map(repr, names))}")
         if self.quoting not in QUOTINGS:
             raise ConfigError(f"--quoting must be one of {', '.join(QUOTINGS)}, got {self.quoting!r}")
         if self.ngrams < 1:

@@ -46,6 +46,27 @@ def _label_order(labels: list[str]) -> list[str]:
         return sorted(unique)
 
 
+def name_labels(rows: Rows, names: dict[str, str] | None, skip_bad_rows: bool) -> Rows:
+    """The rows with their labels replaced by their names (--label-names); a label without a name is an
+    error naming the file and line, or, with skip_bad_rows, a skipped row."""
+    if names is None:
+        return rows
+    lines = rows.lines or [None] * len(rows)
+    keep = []
+    for i, label in enumerate(rows.labels):
+        if label in names:
+            keep.append(i)
+        elif not skip_bad_rows:
+            raise DataError(f"label {label[:100]!r} has no name in --label-names (named: "
+                            f"{', '.join(list(names)[:20])}) (use --skip-bad-rows to skip such rows)", rows.path,
+                            lines[i])
+    named = Rows(rows.path, [rows.texts[i] for i in keep], [names[rows.labels[i]] for i in keep],
+                 [rows.lines[i] for i in keep] if rows.lines else [], rows.skipped + len(rows) - len(keep))
+    if not named.texts:
+        raise DataError("no row has a label named in --label-names", rows.path)
+    return named
+
+
 def split_off(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows]:
     """A reproducible random `fraction` of `rows` as validation; the rest stays for training."""
     n = len(rows)
@@ -68,8 +89,9 @@ def load_splits(cfg: DataConfig, seed: int = 0, progress: bool = True) -> Splits
     def read(p: str | None) -> Rows | None:
         if p is None:
             return None
-        return read_rows(p, cfg.text_columns, cfg.label_column, skip_bad_rows=cfg.skip_bad_rows,
+        rows = read_rows(p, cfg.text_columns, cfg.label_column, skip_bad_rows=cfg.skip_bad_rows,
                          quoting=cfg.quoting)
+        return name_labels(rows, cfg.label_names, cfg.skip_bad_rows)
 
     if cfg.dataset == "ag_news":
         train, test = ag_news.load(cfg.data_dir, cfg.skip_bad_rows, progress=progress)
@@ -82,6 +104,8 @@ def load_splits(cfg: DataConfig, seed: int = 0, progress: bool = True) -> Splits
             raise ConfigError("give --dataset ag_news or --train FILE")
         train, valid, test = read(cfg.train), read(cfg.valid), read(cfg.test)
         label_names = _label_order(train.labels)
+        if cfg.label_names is not None:  # in the order given, those that occur in train
+            label_names = [n for n in cfg.label_names.values() if n in set(label_names)]
     else:
         raise ConfigError(f"unknown dataset {cfg.dataset!r}; built in: ag_news (or use --train FILE)")
 
