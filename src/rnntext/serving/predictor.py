@@ -18,7 +18,7 @@ from ..training.rundir import Run, load_run
 from ..training.trainer import resolve_device, set_threads
 
 # Texts per model call, and a cap on rows x longest text (memory: without the GRU's inference loop a
-# model holds every step's outputs). On 2 CPU cores the default GRU predicted AG News 1.5x faster in
+# model holds every step's outputs). On 2 CPU cores the default GRU predicted AG News 1.3-1.5x faster in
 # batches of 1024 than of 256; 768 to 2048 were alike within 2% (benchmarks/predict.py).
 BATCH_TEXTS = 1024
 BATCH_TOKENS = 64 * 1024
