@@ -112,6 +112,15 @@ def test_gru_inference_from_input_tables_equals_nn_gru(bi: bool, layers: int, po
         assert model._gru_table_cache is None  # training mode never uses the tables
 
 
+def test_prediction_batch_is_large_only_for_the_gru_loop() -> None:
+    cpu = torch.device("cpu")
+    assert _model("gru", True, 1, "meanmax").prediction_batch(cpu) == 1024  # its own loop: large batches pay
+    assert _model("gru", True, 2, "meanmax").prediction_batch(cpu) == 256
+    assert _model("lstm", True, 1, "meanmax").prediction_batch(cpu) == 256  # nn.LSTM: slower at 1024
+    assert _model("gru", True, 1, "meanmax", packed=True).prediction_batch(cpu) == 256  # really packs here
+    assert _model("gru", True, 1, "meanmax").prediction_batch(torch.device("cuda")) == 256
+
+
 def test_predictions_follow_fused_adamw_steps(monkeypatch) -> None:
     # torch's fused AdamW updates weights without bumping their version counters: evaluation between
     # training steps must not see tables from before a step

@@ -17,10 +17,8 @@ from ..training.ensemble import mean_probabilities, member_dirs
 from ..training.rundir import Run, load_run
 from ..training.trainer import resolve_device, set_threads
 
-# Texts per model call, and a cap on rows x longest text (memory: without the GRU's inference loop a
-# model holds every step's outputs). On 2 CPU cores the default GRU predicted AG News 1.3-1.5x faster in
-# batches of 1024 than of 256; 768 to 2048 were alike within 2% (benchmarks/predict.py).
-BATCH_TEXTS = 1024
+# A cap on rows x longest text per model call (memory: without the GRU's inference loop a model holds
+# every step's outputs); the texts per call are the model's prediction_batch() unless given.
 BATCH_TOKENS = 64 * 1024
 
 
@@ -65,7 +63,7 @@ class Predictor:
         runs = [load_run(d, dev) for d in dirs]
         return cls(runs[0], dev, runs[1:])
 
-    def probabilities(self, texts: list[str], batch_size: int = BATCH_TEXTS) -> torch.Tensor:
+    def probabilities(self, texts: list[str], batch_size: int | None = None) -> torch.Tensor:
         """[len(texts), classes] class probabilities (an ensemble's: the mean over its runs)."""
         if not texts:
             return torch.zeros(0, len(self.labels))
@@ -82,7 +80,7 @@ class Predictor:
         members = ((r.model, encoded(r), uses_flat_batches(r.config.model)) for r in self.runs)
         return mean_probabilities(members, (len(texts), len(self.labels)), self.device, batch_size, BATCH_TOKENS)
 
-    def predict(self, texts: list[str] | str, batch_size: int = BATCH_TEXTS) -> list[Prediction]:
+    def predict(self, texts: list[str] | str, batch_size: int | None = None) -> list[Prediction]:
         if isinstance(texts, str):
             texts = [texts]
         probs = self.probabilities(texts, batch_size)

@@ -85,12 +85,14 @@ def train_ensemble(cfg: RunConfig, members: int, out_dir: str | None = None, *, 
 
 
 def mean_probabilities(members: Iterable[tuple[nn.Module, Encoded, bool]], shape: tuple[int, int],
-                       device: torch.device, batch_size: int = 256, max_tokens: int | None = None) -> Tensor:
+                       device: torch.device, batch_size: int | None = 256, max_tokens: int | None = None) -> Tensor:
     """[texts, classes] mean of the members' class probabilities; each member is (model, the texts
-    encoded with its own vocabulary, whether it takes flat batches)."""
+    encoded with its own vocabulary, whether it takes flat batches). `batch_size` None: each model's
+    prediction_batch() (256 for models without one)."""
     total, n = torch.zeros(shape), 0
     for model, enc, flat in members:
-        total += predict_logits(model, enc, flat, device, batch_size, max_tokens).softmax(1)
+        size = batch_size or getattr(model, "prediction_batch", lambda _: 256)(device)
+        total += predict_logits(model, enc, flat, device, size, max_tokens).softmax(1)
         n += 1
     return total / n
 
