@@ -55,8 +55,12 @@ def test_compare_cli_writes_the_report(ag_news_small: Path, tmp_path: Path, monk
         assert 0.0 <= r["test_accuracy"] <= 1.0 and r["rows_per_second"] > 0 and r["train_seconds"] > 0
         assert (out / "runs" / r["name"] / "model.safetensors").exists()
         assert (out / "runs" / r["name"] / "curves.png").exists()
-        # the same vocabulary in every run: one prepared dataset
+        # the same vocabulary in every run: one prepared dataset, which each run's config describes (not
+        # the tutorial preset's min_freq 1)
         assert r["config"]["model"]["vocab_size"] == summary["data"]["vocabulary"]
+        assert r["config"]["data"] == summary["data"]["config"]
+        saved = json.loads((out / "runs" / r["name"] / "config.json").read_text())
+        assert saved["data"]["min_freq"] == 2
     assert runs[0]["model"].startswith("RNN 8, embed 16, mean") and runs[0]["config"]["train"]["batch_size"] == 16
     assert runs[1]["model"].startswith("GRU 8, embed 16")
 

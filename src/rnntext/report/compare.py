@@ -123,9 +123,11 @@ def load_entries(path: str | Path) -> list[Entry]:
 
 
 def entry_config(base: RunConfig, entry: Entry, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """base -> preset -> the entry's settings -> command-line overrides; validated."""
+    """base -> preset -> the entry's settings -> command-line overrides; validated. A preset's data
+    settings (the tutorial's min_freq 1) do not apply: every run shares the command's prepared data, and
+    its config.json must say what it was trained on."""
     cfg = copy.deepcopy(base)
-    layers = [PRESETS[entry.preset]] if entry.preset else []
+    layers = [{k: v for k, v in PRESETS[entry.preset].items() if k != "data"}] if entry.preset else []
     layers.append({"model": entry.model, "train": entry.train})
     layers.append({"train": {k: v for k, v in (overrides or {}).items() if v is not None}})
     for layer in layers:
