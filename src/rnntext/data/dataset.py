@@ -4,6 +4,7 @@ build the vocabulary on train, encode once."""
 from __future__ import annotations
 
 import time
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 import torch
@@ -46,25 +47,39 @@ def _label_order(labels: list[str]) -> list[str]:
         return sorted(unique)
 
 
+def _labels_known(rows: Rows, known: Container[str], problem: str, none_left: str, skip_bad_rows: bool) -> Rows:
+    """The rows whose label is in `known`. Any other is an error naming the file and line ("label 'x'
+    {problem}"), or, with skip_bad_rows, a row dropped and counted (`none_left` if that leaves none)."""
+    unknown = [i for i, label in enumerate(rows.labels) if label not in known]
+    if not unknown:
+        return rows
+    if not skip_bad_rows:
+        i = unknown[0]
+        raise DataError(f"label {rows.labels[i][:100]!r} {problem} (use --skip-bad-rows to skip such rows)",
+                        rows.path, rows.lines[i] if rows.lines else None)
+    drop = set(unknown)
+    kept = rows.take([i for i in range(len(rows)) if i not in drop], skipped=rows.skipped + len(drop))
+    if not kept.texts:
+        raise DataError(none_left, rows.path)
+    return kept
+
+
 def name_labels(rows: Rows, names: dict[str, str] | None, skip_bad_rows: bool) -> Rows:
     """The rows with their labels replaced by their names (--label-names); a label without a name is an
     error naming the file and line, or, with skip_bad_rows, a skipped row."""
     if names is None:
         return rows
-    lines = rows.lines or [None] * len(rows)
-    keep = []
-    for i, label in enumerate(rows.labels):
-        if label in names:
-            keep.append(i)
-        elif not skip_bad_rows:
-            raise DataError(f"label {label[:100]!r} has no name in --label-names (named: "
-                            f"{', '.join(list(names)[:20])}) (use --skip-bad-rows to skip such rows)", rows.path,
-                            lines[i])
-    named = Rows(rows.path, [rows.texts[i] for i in keep], [names[rows.labels[i]] for i in keep],
-                 [rows.lines[i] for i in keep] if rows.lines else [], rows.skipped + len(rows) - len(keep))
-    if not named.texts:
-        raise DataError("no row has a label named in --label-names", rows.path)
+    named = _labels_known(rows, names,
+                          f"has no name in --label-names (named: {', '.join(list(names)[:20])})",
+                          "no row has a label named in --label-names", skip_bad_rows)
+    named.labels = [names[label] for label in named.labels]
     return named
+
+
+def read_labelled(path: str, cfg: DataConfig) -> Rows:
+    """A file of the user's, read with the data options of `cfg` (columns, quoting, label names)."""
+    rows = read_rows(path, cfg.text_columns, cfg.label_column, skip_bad_rows=cfg.skip_bad_rows, quoting=cfg.quoting)
+    return name_labels(rows, cfg.label_names, cfg.skip_bad_rows)
 
 
 def split_off(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows]:
@@ -76,22 +91,13 @@ def split_off(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     valid_idx, train_idx = sorted(perm[:n_valid]), sorted(perm[n_valid:])
 
-    def take(idx: list[int], path: str) -> Rows:
-        return Rows(path, [rows.texts[i] for i in idx], [rows.labels[i] for i in idx],
-                    [rows.lines[i] for i in idx] if rows.lines else [])
-
-    train = take(train_idx, rows.path)
-    train.skipped = rows.skipped  # bad rows of the file are reported once, with its training part
-    return train, take(valid_idx, rows.path + " (validation split)")
+    # bad rows of the file are reported once, with its training part
+    return rows.take(train_idx, skipped=rows.skipped), rows.take(valid_idx, rows.path + " (validation split)")
 
 
 def load_splits(cfg: DataConfig, seed: int = 0, progress: bool = True) -> Splits:
     def read(p: str | None) -> Rows | None:
-        if p is None:
-            return None
-        rows = read_rows(p, cfg.text_columns, cfg.label_column, skip_bad_rows=cfg.skip_bad_rows,
-                         quoting=cfg.quoting)
-        return name_labels(rows, cfg.label_names, cfg.skip_bad_rows)
+        return None if p is None else read_labelled(p, cfg)
 
     if cfg.dataset == "ag_news":
         train, test = ag_news.load(cfg.data_dir, cfg.skip_bad_rows, progress=progress)
@@ -105,30 +111,21 @@ def load_splits(cfg: DataConfig, seed: int = 0, progress: bool = True) -> Splits
         train, valid, test = read(cfg.train), read(cfg.valid), read(cfg.test)
         label_names = _label_order(train.labels)
         if cfg.label_names is not None:  # in the order given, those that occur in train
-            label_names = [n for n in cfg.label_names.values() if n in set(label_names)]
+            seen = set(label_names)
+            label_names = [n for n in cfg.label_names.values() if n in seen]
     else:
         raise ConfigError(f"unknown dataset {cfg.dataset!r}; built in: ag_news (or use --train FILE)")
 
     if valid is None and cfg.valid_split > 0:
         train, valid = split_off(train, cfg.valid_split, seed)
     known = set(label_names)
-    for rows in (valid, test):
-        if rows is None:
-            continue
-        lines = rows.lines or [None] * len(rows)
-        unseen = [i for i, label in enumerate(rows.labels) if label not in known]
-        if unseen and not cfg.skip_bad_rows:
-            i = unseen[0]
-            raise DataError(f"label {rows.labels[i][:100]!r} never appears in the training data (known: "
-                            f"{', '.join(label_names[:20])}) (use --skip-bad-rows to skip such rows)", rows.path,
-                            lines[i])
-        if unseen:  # --skip-bad-rows: drop and count them
-            keep = sorted(set(range(len(rows))) - set(unseen))
-            rows.texts, rows.labels = [rows.texts[i] for i in keep], [rows.labels[i] for i in keep]
-            rows.lines = [rows.lines[i] for i in keep] if rows.lines else []
-            rows.skipped += len(unseen)
-            if not rows.texts:
-                raise DataError("no row has a label that appears in the training data", rows.path)
+    problem = f"never appears in the training data (known: {', '.join(label_names[:20])})"
+
+    def known_only(rows: Rows | None) -> Rows | None:
+        return None if rows is None else _labels_known(
+            rows, known, problem, "no row has a label that appears in the training data", cfg.skip_bad_rows)
+
+    valid, test = known_only(valid), known_only(test)
     return Splits(train, valid, test, label_names)
 
 

@@ -41,6 +41,11 @@ class Rows:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def take(self, idx: list[int], path: str | None = None, skipped: int = 0) -> Rows:
+        """The rows at `idx`, in that order."""
+        return Rows(self.path if path is None else path, [self.texts[i] for i in idx],
+                    [self.labels[i] for i in idx], [self.lines[i] for i in idx] if self.lines else [], skipped)
+
 
 def detect_format(path: str | Path) -> str:
     name = str(path).lower()

@@ -11,17 +11,15 @@ import torch
 
 from ..config import DataConfig
 from ..data import ag_news
-from ..data.dataset import name_labels
-from ..data.readers import Rows, read_rows
+from ..data.dataset import read_labelled
+from ..data.readers import Rows
 from ..errors import ConfigError, DataError
 from .metrics import classification_report
 
 
 def read_eval_rows(data: DataConfig) -> Rows:
     if data.test:
-        rows = read_rows(data.test, data.text_columns, data.label_column, skip_bad_rows=data.skip_bad_rows,
-                         quoting=data.quoting)
-        return name_labels(rows, data.label_names, data.skip_bad_rows)
+        return read_labelled(data.test, data)
     if data.dataset == "ag_news":
         return ag_news.load(data.data_dir, data.skip_bad_rows)[1]
     raise ConfigError("nothing to evaluate on: give --test FILE or --dataset ag_news")
