@@ -4,7 +4,7 @@ data loading and the final test included), test accuracy and peak memory (max RS
     python3 benchmarks/default_run.py                     # all cores; keeps the run in runs/default
     python3 benchmarks/default_run.py --threads 2 --run-dir /tmp/default
 
-Writes benchmarks/results/default_run.json. Targets (issue 3): >= 89.5% test accuracy, <= 3 minutes
+Writes benchmarks/results/default_run.json and default_run.md. Targets (issue 3): >= 89.5% test accuracy, <= 3 minutes
 wall, <= 1 GB peak RSS on AG News (20k train), 2 cores.
 """
 
@@ -17,9 +17,47 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HERE, data_dir, machine, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    HERE,
+    data_dir,
+    machine,
+    markdown_document,
+    md_header,
+    md_table,
+    short_command,
+    write_json,
+    write_markdown,
+)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The tables of default_run.md: the targets against what was measured, then each epoch."""
+    r = results
+    met = r["targets"]
+    wall, data, epochs = r["wall_seconds"], r.get("data_seconds"), r.get("epoch_seconds")
+    split = f" (data {data:.1f} s, epochs with validation and test {epochs:.0f} s)" if data is not None else ""
+    targets = md_table(["target", "measured", "met"], [
+        ["test accuracy >= 89.5%", f"**{r['test_accuracy'] * 100:.2f}%** (macro-F1 {r['macro_f1'] * 100:.2f}%), "
+         f"best epoch {r.get('best_epoch')} of {len(r.get('epochs') or [])}", _yes(met["accuracy_ge_0.895"])],
+        ["wall time <= 3 minutes, data loading included", f"**{wall:.0f} s**{split}", _yes(met["wall_le_180s"])],
+        ["peak memory <= 1 GB", f"**{r['peak_rss_mb']:.0f} MiB** max RSS", _yes(met["rss_le_1GB"])],
+    ], "lll")
+    epochs_table = md_table(["epoch", "train loss", "train accuracy", "valid accuracy", "seconds", "rows/s", "lr"], [
+        [e["epoch"], f"{e['train_loss']:.4f}", f"{e['train_accuracy'] * 100:.2f}%",
+         "" if e.get("valid_accuracy") is None else f"{e['valid_accuracy'] * 100:.2f}%", f"{e['seconds']:.1f}",
+         f"{e['rows_per_second']:,.0f}", f"{e['lr']:.2e}"] for e in r.get("epochs") or []], "rrrrrrr")
+    params = f"{r['parameters']:,} parameters; " if r.get("parameters") else ""
+    return (md_header(short_command(r.get("command")), r.get("machine"),
+                      "`rnntext train` with its defaults on AG News (20k train), end to end as a user runs it.")
+            + "\n" + targets + "\n" + f"Per epoch ({params}lr: the learning rate at the epoch's end):\n\n"
+            + epochs_table)
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"test accuracy {acc:.4f}; wall {wall:.1f}s (data {result['data_seconds']:.1f}s); "
           f"peak RSS {peak_mb:.0f} MiB")
     write_json(args.out, result)
+    write_markdown(args.out, markdown_document(args.out, "default_run.py", markdown(result)))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ or --threads.
     PYTHONPATH=src python3 benchmarks/distributed.py             # more steps, 2 repeats, N = 1, 2, 4
 
 Needs torch, safetensors and tqdm; rnntext from src/ (installed or on PYTHONPATH). Writes
-benchmarks/results/distributed.json (or --out)."""
+benchmarks/results/distributed.json and distributed.md (or --out NAME.json, NAME.md)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,16 @@ import torch
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 sys.path.insert(0, str(HERE))
-from _common import data_dir, machine, results_dir  # noqa: E402
+from _common import (  # noqa: E402
+    data_dir,
+    machine,
+    markdown_document,
+    md_header,
+    md_table,
+    results_dir,
+    short_command,
+    write_markdown,
+)
 
 
 def train_command(nproc: int, args: argparse.Namespace, device: str) -> list[str]:
@@ -69,6 +78,30 @@ def measure(name: str, nproc: int, args: argparse.Namespace, device: str) -> dic
     print(f"{name:<14} {nproc:>2} proc  {row['threads_per_process']:>2} thr/proc  batch {args.batch_size} x {nproc}"
           f" = {row['effective_batch']:<5} {row['rows_per_second']:>10,.0f} rows/s", flush=True)
     return row
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The table of distributed.md: rows/s per process count and device, the speed-up over one CPU process."""
+    r = results
+    c = r["config"]
+    table = [[x["name"], x["processes"], x["device"], x["threads_per_process"], x["batch_per_process"],
+              x["effective_batch"], f"{x['rows_per_second']:,.0f}", f"{x['speedup_vs_cpu_x1']:.2f}x"]
+             for x in r["results"]]
+    command = r.get("command") or ("python3 benchmarks/distributed.py --nproc "
+                                   + ",".join(str(x["processes"]) for x in r["results"] if x["device"] == "cpu")
+                                   + f" --steps {c['steps']} --repeats {c['repeats']}")
+    what = (f"`rnntext train` ({c['model']}, embed and hidden {c['dim']}, batch {c['batch_per_process']} per process), "
+            f"one epoch cut to {c['steps']} optimiser steps, in fresh processes (torchrun for N > 1), the best of "
+            f"{c['repeats']}; rows/s is the trainer's own figure (rows trained by all processes / the epoch's wall "
+            f"time).")
+    if not r.get("command"):
+        what += " (This JSON does not record its command; the one shown is rebuilt from its settings.)"
+    text = (md_header(short_command(command), r.get("machine"), what) + "\n"
+            + md_table(["run", "processes", "device", "threads per process", "batch per process", "effective batch",
+                        "rows/s", "speed-up"], table, "lrlrrrrr"))
+    if r.get("notes"):
+        text += "\n" + "\n".join(f"Note: {n}." for n in r["notes"]) + "\n"
+    return text
 
 
 def main() -> None:
@@ -120,7 +153,7 @@ def main() -> None:
         print("note:", n)
     for r in rows:
         print(f"  {r['name']:<8} {r['speedup_vs_cpu_x1']:>5.2f}x of cpu x1")
-    payload = {"benchmark": "distributed", "machine": info,
+    payload = {"benchmark": "distributed", "command": "python3 " + " ".join(sys.argv), "machine": info,
                "config": {"model": args.model, "dim": args.dim, "batch_per_process": args.batch_size,
                           "steps": args.steps, "repeats": args.repeats, "data_dir": args.data_dir},
                "results": rows, "notes": notes}
@@ -128,6 +161,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out}")
+    write_markdown(out.stem, markdown_document(out.stem, "distributed.py", markdown(payload)), out.parent)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ encode, length-sorted batches, softmax) and of fastText, on the 7,600 AG News te
     python3 benchmarks/predict.py --run-dir runs/default     # a run written by default_run.py / rnntext train
     python3 benchmarks/predict.py --quick                    # trains a small model itself (< 60 s)
 
-Writes benchmarks/results/predict.json. Target (issue 3): >= 20,000 texts/s with the default model.
+Writes benchmarks/results/predict.json and predict.md. Target (issue 3): >= 20,000 texts/s with the default model.
 """
 
 from __future__ import annotations
@@ -21,7 +21,18 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HERE, data_dir, machine, quiet_log, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    HERE,
+    data_dir,
+    machine,
+    markdown_document,
+    md_header,
+    md_table,
+    quiet_log,
+    short_command,
+    write_json,
+    write_markdown,
+)
 from rnntext.config import RunConfig  # noqa: E402
 from rnntext.data import encode_texts  # noqa: E402
 from rnntext.data.ag_news import load  # noqa: E402
@@ -91,6 +102,27 @@ def fasttext_row(path: str, texts: list[str], threads: int, repeats: int) -> dic
             "texts_per_second_pretokenised": n / sec_raw, "config": "wordNgrams 2, 5 epochs, dim 100, k=-1"}
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The table of predict.md: texts/s of the trained run at each batch size, and of fastText."""
+    r = results
+    m = r["model"]
+    name = (f"{'bi-' if m['bidirectional'] else ''}{m['model'].upper()} {m['hidden_dim']}, embed {m['embed_dim']}, "
+            f"{m['num_layers']} layer{'s' if m['num_layers'] > 1 else ''}, {m['pooling']}")
+    table = [[f"rnntext ({name})", row["batch_size"], f"{row['texts_per_second']:,.0f}",
+              f"{row['tokenise_encode_seconds']:.2f}", f"{row['model_seconds']:.2f}"] for row in r["rnntext"]]
+    ft = r.get("fasttext")
+    if ft:
+        table.append([f"fastText ({ft['config']}), basic_english tokenising", "", f"{ft['texts_per_second']:,.0f}",
+                      "", ""])
+        table.append([f"fastText ({ft['config']}), pre-tokenised text", "",
+                      f"{ft['texts_per_second_pretokenised']:,.0f}", "", ""])
+    what = (f"Batch prediction of the {r['texts']:,} AG News test texts with all class probabilities "
+            f"(`Predictor.probabilities`: tokenise, encode, length-sorted batches, softmax); batch sizes "
+            f"interleaved within each repeat, medians." + (" --quick: a smoke run." if r.get("quick") else ""))
+    return (md_header(short_command(r.get("command")), r.get("machine"), what) + "\n"
+            + md_table(["predictor", "batch", "texts/s", "tokenise + encode s", "model s"], table, "lrrrr"))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir")
@@ -125,12 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     ft = None if args.no_fasttext else fasttext_row(path, texts, threads, 1 if args.quick else args.repeats)
     best = max(rows, key=lambda r: r["texts_per_second"])
     cfg = RunConfig.from_dict(__import__("json").loads((Path(run_dir) / "config.json").read_text()))
-    write_json(args.out, {
+    payload = {
         "benchmark": "predict", "command": "python3 " + " ".join(sys.argv), "machine": machine(threads),
         "texts": len(texts), "run_dir": run_dir, "model": {k: getattr(cfg.model, k) for k in (
             "model", "embed_dim", "hidden_dim", "num_layers", "bidirectional", "pooling")},
         "rnntext": rows, "rnntext_best": best, "fasttext": ft, "quick": args.quick,
-    })
+    }
+    write_json(args.out, payload)
+    write_markdown(args.out, markdown_document(args.out, "predict.py", markdown(payload)))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ description, title + description repeated 4 times). Cost should grow linearly in
     python3 benchmarks/scaling.py            # ~5 min on 2 quiet cores
     python3 benchmarks/scaling.py --quick    # small sizes, a smoke run
 
-Writes benchmarks/results/scaling.json and scaling.png.
+Writes benchmarks/results/scaling.json, scaling.md and scaling.png.
 """
 
 from __future__ import annotations
@@ -19,7 +19,18 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import data_dir, machine, quiet_log, results_dir, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    data_dir,
+    machine,
+    markdown_document,
+    md_header,
+    md_table,
+    quiet_log,
+    results_dir,
+    short_command,
+    write_json,
+    write_markdown,
+)
 from rnntext.config import RunConfig  # noqa: E402
 from rnntext.data import Prepared, Tokenizer, Vocab  # noqa: E402
 from rnntext.data.ag_news import CLASSES, find_split  # noqa: E402
@@ -87,6 +98,27 @@ def plot(by_rows: list[dict], by_length: list[dict], path: Path, info: dict[str,
     print(f"wrote {path}")
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The tables of scaling.md: seconds per epoch against rows, and against text length; the fits."""
+    r = results
+    by_rows = md_table(["training rows", "seconds per epoch", "rows/s"], [
+        [f"{x['rows']:,}", f"{x['seconds']:.1f}", f"{x['rows_per_second']:,.0f}"] for x in r["by_rows"]], "rrr")
+    by_length = md_table(["text", "tokens per text", "seconds per epoch", "tokens/s"], [
+        [x["variant"], f"{x['mean_tokens']:.1f}", f"{x['seconds']:.1f}", f"{x['tokens_per_second']:,.0f}"]
+        for x in r["by_length"]], "lrrr")
+    fr, fl = r["fit_rows"], r["fit_length"]
+    fits = (f"Linear fits: R² {fr['r2']:.3f} against rows, {fl['r2']:.3f} against tokens; a row at the largest size "
+            f"costs {fr['cost_per_unit_ratio_largest_vs_smallest']:.2f} of one at the smallest, a token of the "
+            f"longest texts {fl['cost_per_unit_ratio_largest_vs_smallest']:.2f} of a title's. The plot: "
+            f"`benchmarks/results/scaling.png`.")
+    what = (f"Seconds of one training epoch ({r['config']}) on AG News subsets of growing size, then on "
+            f"{r['by_length'][0]['rows']:,} rows with three text lengths.")
+    if r.get("quick"):
+        what += " --quick: a smoke run."
+    return (md_header(short_command(r.get("command")), r.get("machine"), what) + "\n" + by_rows + "\n"
+            + by_length + "\n" + fits + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir")
@@ -135,10 +167,11 @@ def main(argv: list[str] | None = None) -> None:
     info = machine(threads)
     results_dir().mkdir(parents=True, exist_ok=True)
     plot(by_rows, by_length, results_dir() / f"{args.out}.png", info)
-    write_json(args.out, {"benchmark": "scaling", "command": "python3 " + " ".join(sys.argv), "machine": info,
-                          "quick": args.quick, "config": "rnntext defaults (config.py), one epoch, seed 0",
-                          "by_rows": by_rows, "by_length": by_length,
-                          "fit_rows": fit_rows, "fit_length": fit_len})
+    payload = {"benchmark": "scaling", "command": "python3 " + " ".join(sys.argv), "machine": info,
+               "quick": args.quick, "config": "rnntext defaults (config.py), one epoch, seed 0",
+               "by_rows": by_rows, "by_length": by_length, "fit_rows": fit_rows, "fit_length": fit_len}
+    write_json(args.out, payload)
+    write_markdown(args.out, markdown_document(args.out, "scaling.py", markdown(payload)))
 
 
 if __name__ == "__main__":

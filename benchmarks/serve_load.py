@@ -29,7 +29,18 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_dir, machine, quiet_log, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    data_dir,
+    machine,
+    markdown_document,
+    md_header,
+    md_table,
+    quiet_log,
+    short_command,
+    write_json,
+    write_markdown,
+)
 
 
 def free_port() -> int:
@@ -152,6 +163,25 @@ def start_server(run_dir: Path, port: int, threads: int | None, wait_ms: float, 
     sys.exit("the server did not start within 120 s")
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The table of serve_load.md: per request size, throughput, latency, errors and the server's batching."""
+    r = results
+    srv = r["server"]
+    table = [[x["texts_per_request"], x["clients"], f"{x['requests_per_second']:,.0f}", f"{x['texts_per_second']:,.0f}",
+              f"{x['latency_ms']['p50']:.0f}", f"{x['latency_ms']['p99']:.0f}", x["errors"],
+              f"{x['texts_per_model_call']:.1f}"] for x in r["results"]]
+    command = r.get("command") or f"python3 benchmarks/serve_load.py --run-dir {srv['run_dir']}"
+    what = (f"`rnntext serve` on 127.0.0.1 (run `{srv['run_dir']}`, {srv['threads']} threads, batching wait "
+            f"{srv['batch_wait_ms']:g} ms) under concurrent clients on the same machine, {r['duration_s']:g} s per "
+            f"request size (at most {r['max_requests']:,} requests). Clients and server share the cores, so the "
+            f"figures are a lower bound.")
+    if not r.get("command"):
+        what += " (This JSON does not record its command; the one shown is rebuilt from its settings.)"
+    return (md_header(short_command(command), r.get("machine"), what) + "\n"
+            + md_table(["texts per request", "clients", "requests/s", "texts/s", "p50 ms", "p99 ms", "errors",
+                        "texts per model call"], table, "rrrrrrrr"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", help="run directory to serve (default: train a small one first)")
@@ -188,13 +218,14 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    payload = {"benchmark": "serve_load", "machine": machine(args.threads),
+    payload = {"benchmark": "serve_load", "command": "python3 " + " ".join(sys.argv), "machine": machine(args.threads),
                "server": {"run_dir": str(args.run_dir or "trained: default GRU, 30 batches"),
                           "threads": args.threads or os.cpu_count(), "batch_wait_ms": args.batch_wait_ms,
                           "host": "127.0.0.1"},
                "duration_s": args.duration, "max_requests": args.max_requests, "results": results}
     out = Path(args.out) if args.out else RESULTS / "serve_load.json"
     write_json(out.stem, payload, out.parent)
+    write_markdown(out.stem, markdown_document(out.stem, "serve_load.py", markdown(payload)), out.parent)
     return 1 if any(r["errors"] for r in results) else 0
 
 

@@ -7,6 +7,9 @@ ranked by validation accuracy. Workers run in parallel (--jobs), each with --thr
 
     python3 benchmarks/tune.py --grid sweep1 --seeds 0,1 --jobs 2 --threads 1
     python3 benchmarks/tune.py --grid sweep1 --only base,mf2
+
+Writes the runs to --out (NAME.jsonl, one line per run as it finishes), then NAME.json and NAME.md
+(the candidates ranked) beside it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,18 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_dir, machine, quiet_log, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    data_dir,
+    machine,
+    markdown_document,
+    md_header,
+    md_table,
+    quiet_log,
+    short_command,
+    write_json,
+    write_markdown,
+)
 from rnntext.config import RunConfig  # noqa: E402
 from rnntext.data import prepare  # noqa: E402
 from rnntext.training.trainer import train  # noqa: E402
@@ -138,6 +152,28 @@ def run_worker(jobs: list[tuple[str, dict[str, Any], int]], data_path: str, thre
               f"epoch {row['best_epoch']} {row['train_seconds']:.0f}s {row['valid_by_epoch']}", flush=True)
 
 
+def describe_overrides(overrides: dict[str, Any]) -> str:
+    """{"model": {"embed_dropout": 0.3}, "data": {"min_freq": 2}} -> "data.min_freq 2, model.embed_dropout 0.3"."""
+    items = sorted(f"{section}.{key} {value}" for section, values in overrides.items() for key, value in values.items())
+    return ", ".join(items) or "(none: the pre-tuning defaults)"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The table of NAME.md: the candidates ranked by mean validation accuracy over the seeds."""
+    r = results
+    table = [[f"`{x['name']}`", describe_overrides(x["overrides"]), f"{x['valid_mean'] * 100:.2f}%",
+              f"{x['test_mean'] * 100:.2f}%", f"{x['seconds_mean']:.0f}", ", ".join(map(str, x["best_epochs"]))]
+             for x in r["summary"]]
+    seeds = ", ".join(map(str, r["seeds"]))
+    what = (f"Candidates for the default configuration trained on AG News (20k train) with seeds {seeds} (a seed "
+            f"also draws the 5% validation split), on {r['device']}; ranked by mean validation accuracy. Overrides "
+            f"are of the defaults before tuning (`BEFORE` in `benchmarks/tune.py`); training seconds are "
+            f"{r['device']} seconds with several runs sharing the device.")
+    return (md_header(short_command(r.get("command")), r.get("machine"), what) + "\n"
+            + md_table(["candidate", "overrides", "valid (mean)", "test (mean)", "train s (mean)", "best epochs"],
+                       table, "llrrrl"))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir")
@@ -183,9 +219,10 @@ def main(argv: list[str] | None = None) -> None:
         table.append({"name": name, "overrides": grid[name], "valid_mean": v, "test_mean": t, "seconds_mean": sec,
                       "best_epochs": s["epochs"]})
         print(f"{name:10s} {v:7.4f} {t:7.4f} {sec:8.1f} {s['epochs']}")
-    write_json(out.stem, {"benchmark": "tune", "command": "python3 " + " ".join(sys.argv),
-                          "machine": machine(args.threads), "device": args.device, "seeds": seeds,
-                          "summary": table, "runs": rows}, out.parent)
+    payload = {"benchmark": "tune", "command": "python3 " + " ".join(sys.argv), "machine": machine(args.threads),
+               "device": args.device, "seeds": seeds, "summary": table, "runs": rows}
+    write_json(out.stem, payload, out.parent)
+    write_markdown(out.stem, markdown_document(out.stem, "tune.py", markdown(payload)), out.parent)
 
 
 if __name__ == "__main__":

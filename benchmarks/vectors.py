@@ -10,7 +10,7 @@
     that `rnntext vectors` trains on the training texts (dimension = the config's embed_dim),
     frozen and tuned. Reports test accuracy, coverage and times.
 
-Results go to benchmarks/results/vectors.json (each part replaces its own section).
+Results go to benchmarks/results/vectors.json (each part replaces its own section) and vectors.md.
 
     python3 benchmarks/vectors.py load
     python3 benchmarks/vectors.py accuracy [--config cfg.json] [--epochs N] [--threads N]
@@ -32,7 +32,17 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_dir, machine, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    data_dir,
+    machine,
+    markdown_document,
+    md_header,
+    md_table,
+    short_command,
+    write_json,
+    write_markdown,
+)
 from rnntext import train  # noqa: E402
 from rnntext.config import RunConfig  # noqa: E402
 from rnntext.data.train_vectors import VectorOptions, read_texts, train_vectors  # noqa: E402
@@ -164,6 +174,50 @@ def bench_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The tables of vectors.md: loading speed and memory (part "load"), accuracy with and without
+    self-trained vectors (part "accuracy"); each part with its own command and machine."""
+    parts = []
+    load = results.get("load")
+    if load:
+        f = load["file"]
+        what = (f"Loading a generated {f['words']:,}-word x {f['dim']}-d {f['format']} file ({f['mib']:,} MiB) for a "
+                f"{load['vocabulary']:,}-word vocabulary, in a fresh process, {load['repeats']} times.")
+        table = md_table(["measure", "value"], [
+            ["vocabulary words found", f"{load['found']:,} of {load['vocabulary']:,}"],
+            ["median load time", f"{load['seconds_median']:.2f} s"],
+            ["lines (words) per second", f"**{load['lines_per_second']:,}**"],
+            ["MiB per second", f"{load['mib_per_second']:,}"],
+            ["peak RSS added by the load", f"{load['peak_rss_mib_for_load']} MiB (process peak {load['peak_rss_mib']} "
+                                           f"MiB, {load['peak_rss_mib_without_load']} MiB without the load)"],
+            ["peak allocated by the load", f"{load['allocated_peak_mib']} MiB"],
+            ["the kept vectors", f"{load['vectors_kept_mib']} MiB"],
+        ], "lr")
+        parts.append("Loading:\n\n" + md_header(short_command(load.get("command")), load.get("machine"), what)
+                     + "\n" + table)
+    acc = results.get("accuracy")
+    if acc:
+        v, cfg = acc["vectors"], acc["config"]
+        names = {"random": "random init (the default)", "vectors-frozen": "self-trained vectors, frozen",
+                 "vectors-tuned": "self-trained vectors, tuned"}
+        rows = []
+        for name, r in acc["runs"].items():
+            cov = r.get("coverage")
+            rows.append([names.get(name, name), f"{r['test_accuracy'] * 100:.2f}%", f"{r['macro_f1'] * 100:.2f}%",
+                         f"{r['train_seconds']:.0f} s",
+                         f"{cov['vocab_coverage']:.1%} / {cov['token_coverage']:.1%}" if cov else ""])
+        m = cfg["model"]
+        what = (f"AG News (20k train), the configuration {m['model']} embed {m['embed_dim']} hidden {m['hidden_dim']}"
+                f"{' bidirectional' if m['bidirectional'] else ''}, {cfg['train']['epochs']} epochs; vectors from "
+                f"`rnntext vectors` on the training texts ({v['algorithm']}, {v['dim']}-d, {v['epochs']} epochs, "
+                f"min count {v['min_count']}: {v['words']:,} words in {v['train_seconds']:.0f} s).")
+        table = md_table(["embeddings", "test accuracy", "macro-F1", "training time", "coverage: vocabulary / tokens"],
+                         rows, "lrrrr")
+        parts.append("Accuracy:\n\n" + md_header(short_command(acc.get("command")), acc.get("machine"), what)
+                     + "\n" + table)
+    return "\n".join(parts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("part", choices=["load", "accuracy", "all"])
@@ -197,7 +251,9 @@ def main() -> None:
         acc = bench_accuracy(args)
         payload["accuracy"] = {**acc, "machine": machine(acc["config"]["train"]["threads"]),
                                "command": " ".join(["python3", *sys.argv])}
+    payload["benchmark"] = "vectors"
     write_json("vectors", payload, Path(args.out))
+    write_markdown("vectors", markdown_document("vectors", "vectors.py", markdown(payload)), Path(args.out))
 
 
 if __name__ == "__main__":
