@@ -18,6 +18,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("cli_errors")
     (d / "train.csv").write_text("text,label\n" + "".join(f"word{i % 7} thing,{'ab'[i % 2]}\n" for i in range(60)))
     (d / "a_file").write_text("not a directory")
+    (d / "bad.toml").write_text("[train]\nlr = -1\n")
     return d
 
 
@@ -47,7 +48,18 @@ CASES = {
     "batch size 0": (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     "checkpoint-every 0": (["--out", "{d}/r0", "--checkpoint-every", "0"], "--checkpoint-every must be >= 1, got 0"),
     "checkpoint-every without out": (["--checkpoint-every", "5"], "--checkpoint-every needs --out"),
-    "unknown device": (["--device", "tpu"], "unknown device 'tpu'"),
+    "unknown device": (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    "meta device": (["--device", "meta"], "--device must be auto, cpu, cuda or cuda:N, got 'meta'"),
+    "infinite lr": (["--lr", "inf"], "--lr must be a finite number, got inf"),
+    "nan lr": (["--lr", "nan"], "--lr must be a finite number, got nan"),
+    "nan clip": (["--clip", "nan"], "--clip must be a finite number, got nan"),
+    "infinite weight decay": (["--weight-decay", "inf"], "--weight-decay must be a finite number, got inf"),
+    "absurd layers": (["--num-layers", "100000"], "--num-layers must be <= 64, got 100000"),
+    "absurd ngrams": (["--ngrams", "1000000"], "--ngrams must be <= 8, got 1000000"),
+    "negative seed": (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    "seed past 64 bits": (["--seed", str(2**63)], f"--seed must be <= {2**63 - 1}, got {2**63}"),
+    "bad value in a config file": (["--config", "{d}/bad.toml"], "bad.toml: train.lr must be > 0, got -1"),
+    "missing config file": (["--config", "{d}/nope.toml"], "nope.toml: config file not found"),
     "missing column": (["--text-column", "body"], "no column named 'body'"),
     "out under a file": (["--out", "{d}/a_file/run"], "cannot write to the run directory: Not a directory"),
     "out is a file": (["--out", "{d}/a_file"], "cannot write to the run directory"),
@@ -56,7 +68,7 @@ CASES = {
     "resume with options": (["train", "--resume", "{d}", "--epochs", "3"], "drop --epochs"),
     "predict missing run": (["predict", "{d}/nope", "some text"], "run directory does not exist"),
     "evaluate not a run": (["evaluate", "{d}"], "config.json: missing file"),
-    "huge model": (["--embed-dim", "1000000000", "--hidden-dim", "4"], "out of memory"),
+    "huge model": (["--embed-dim", "4", "--hidden-dim", "65536"], "out of memory"),
 }
 
 

@@ -103,6 +103,14 @@ def test_json_config_and_its_errors(tmp_path: Path) -> None:
     ([{"name": "a"}, {"name": "a"}], "used twice"),
     ([{"modle": {}}], "unknown keys"),
     (["lstm"], "expected an object"),
+    # each value is checked against its setting's declaration, as config.json's are
+    ([{"train": {"epochs": "3"}}], r"^cmp.json: run 1: train.epochs must be an integer, got '3'$"),
+    ([{"name": "a"}, {"model": {"hidden_dim": 1e400}}], r"^cmp.json: run 2: model.hidden_dim must be an integer, "
+                                                        "got inf$"),
+    ([{"train": {"lr": float("nan")}}], "train.lr must be a finite number, got nan"),
+    ([{"train": {"device": "mps"}}], "train.device must be auto, cpu, cuda or cuda:N, got 'mps'"),
+    ([{"model": {"model": "transformer"}}], "run 1: unknown model 'transformer'; choose one of rnn, lstm, gru"),
+    ([{"model": []}], "run 1: 'model' must be an object, got list"),
 ])
 def test_bad_entries_are_named(obj: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -115,10 +123,17 @@ def test_bad_values_fail_before_training(ag_news_small: Path, tmp_path: Path,
     config.write_text(json.dumps({"runs": [{"name": "ok"}, {"name": "broken", "model": {"hidden_dim": 0}}]}))
     rc = main(["compare", "--data-dir", str(ag_news_small), "--config", str(config), "--out", str(tmp_path / "o")])
     assert rc == 2
-    assert "run broken: --hidden-dim must be >= 1" in capsys.readouterr().err
+    assert f"{config}: run 2: model.hidden_dim must be >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "o" / "runs").exists()  # nothing was trained
-    with pytest.raises(ConfigError, match="run x: a setting has the wrong type"):
-        entry_config(RunConfig(), parse_entries([{"name": "x", "train": {"epochs": "3"}}])[0])
+    # a rule between settings: after the entries are read, before anything trains
+    config.write_text(json.dumps([{"name": "ok"}, {"name": "frozen", "model": {"freeze_embeddings": True}}]))
+    rc = main(["compare", "--data-dir", str(ag_news_small), "--config", str(config), "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert "run frozen: model.freeze_embeddings needs data.embeddings" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "runs").exists()
+    # the command line's overrides are checked as options
+    rc = main(["compare", "--data-dir", str(ag_news_small), "--out", str(tmp_path / "o"), "--epochs", "0"])
+    assert rc == 2 and "--epochs must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_default_entries_are_the_tutorial_systems_plus_gru_and_bilstm() -> None:

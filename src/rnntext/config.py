@@ -1,10 +1,37 @@
 """All settings as dataclasses. `RunConfig` is saved as config.json beside every checkpoint,
-so a run can always be rebuilt (model and preprocessing) and explained."""
+so a run can always be rebuilt (model and preprocessing) and explained.
+
+Each setting is declared once, as a dataclass field made by `setting(...)`: its type (the annotation),
+default, help text, valid range or choices, and how the command line spells it (metadata). Everything
+else derives from that declaration:
+
+- the command line's options (`cli.py` generates `--embed-dim N` from `ModelConfig.embed_dim`);
+- validation (`validate()`, with the setting named the way the caller gave it: `--valid-split` on the
+  command line, `data.valid_split` from Python, `run.toml: data.valid_split` from a file);
+- loading (`RunConfig.from_dict`: config.json, `train --config FILE`, presets, compare's run entries)
+  checks every value's type and range, with one-line ConfigErrors.
+
+Only the rules between settings (`--vocab-from-embeddings` needs `--embeddings`, ...) are code.
+
+Upper bounds stop absurd sizes with a message instead of an allocation failure or a hang:
+embed_dim and hidden_dim <= 65536, num_layers <= 64, ngrams <= 8, threads <= 1024, every integer
+within 64 bits (seed in 0..2**63-1), dist_timeout <= 1e9 s, batch_wait_ms <= 60000. Floats must be finite.
+
+This module imports nothing from the rest of rnntext but errors (and no torch): the layers above it
+(data, model, training, serving, the CLI) import it. So the model name is not checked here against
+the registry (`rnntext.model.registry`); building the model does that, and the CLI offers its names."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from dataclasses import asdict, dataclass, field
+import json
+import math
+import re
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
@@ -12,176 +39,530 @@ from .errors import ConfigError
 FORMAT_VERSION = 1
 
 CELLS = ("rnn", "lstm", "gru")
-MODELS = (*CELLS, "bag")
+MODELS = (*CELLS, "bag")  # the models of the first release; the registry (rnntext.model.registry) has them all
 POOLINGS = ("last", "mean", "max", "meanmax")
 # CSV/TSV quoting: "csv" reads "quoted" fields ("" inside), as spreadsheets and pandas write them; "none"
 # takes quotes as ordinary characters, as in raw TSV corpora (GLUE, SNLI) where a text may start with one.
 QUOTINGS = ("csv", "none")
+TOKENIZER_NAMES = ("basic_english", "whitespace")  # rnntext.data.tokenizer.TOKENIZERS (a test keeps them equal)
+SCHEDULES = ("onecycle", "constant")
+DATASETS = ("ag_news",)
+ALGORITHMS = ("skipgram", "cbow", "fasttext")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+INT64_MAX = 2**63 - 1
+MAX_DIM = 65536
+MAX_LAYERS = 64
+MAX_NGRAMS = 8
+MAX_THREADS = 1024
+
+# (section, field) -> how to name the setting in a message: "data.valid_split", "--valid-split", ...
+Namer = Callable[[str, str], str]
+
+
+def python_name(section: str, name: str) -> str:
+    return f"{section}.{name}"
+
+
+# --- declaring a setting ----------------------------------------------------------------------------
+
+
+def setting(default: Any = MISSING, *, factory: Callable[[], Any] | None = None, help: str = "",
+            min: float | None = None, max: float | None = None, gt: float | None = None, lt: float | None = None,
+            choices: tuple[str, ...] | None = None, check: Callable[[Any], str | None] | None = None,
+            flag: str | None = None, metavar: str | None = None, parse: Callable[[str], Any] | None = None,
+            cli: bool = True, group: str | None = None, path: bool = False, show_default: bool = True) -> Any:
+    """A dataclass field with the setting's metadata.
+
+    min/max: inclusive bounds; gt/lt: exclusive bounds. choices: the allowed strings. check(value): a
+    further test returning what the value must be (an error) or None. flag: the command-line option
+    (default "--" + the name with "-"; lists: the singular, repeated). parse: text -> value for the command
+    line (argparse type). cli=False: not an option (filled in by training). group: the help section.
+    path: a file or directory, made absolute on the command line. show_default: "(default: X)" in the help."""
+    meta = {"help": help, "min": min, "max": max, "gt": gt, "lt": lt, "choices": choices, "check": check,
+            "flag": flag, "metavar": metavar, "parse": parse, "cli": cli, "group": group, "path": path,
+            "show_default": show_default}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A setting's type, from its annotation: base is int, float, str, bool, list (of str) or dict (str -> str)."""
+
+    base: type
+    optional: bool
+
+
+def _kind(annotation: Any) -> Kind:
+    args = typing.get_args(annotation)
+    optional = type(None) in args
+    if optional:
+        rest = [a for a in args if a is not type(None)]
+        annotation = rest[0]
+    origin = typing.get_origin(annotation) or annotation
+    if origin not in (int, float, str, bool, list, dict):
+        raise TypeError(f"unsupported setting type {annotation!r}")
+    return Kind(origin, optional)
+
+
+_KINDS: dict[type, dict[str, Kind]] = {}
+
+
+def kinds(klass: type) -> dict[str, Kind]:
+    """field name -> Kind for a settings dataclass."""
+    if klass not in _KINDS:
+        hints = typing.get_type_hints(klass)
+        _KINDS[klass] = {f.name: _kind(hints[f.name]) for f in dataclasses.fields(klass)}
+    return _KINDS[klass]
+
+
+def settings_fields(klass: type) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(klass))
+
+
+def field_of(klass: type, name: str) -> dataclasses.Field:
+    for f in dataclasses.fields(klass):
+        if f.name == name:
+            return f
+    raise KeyError(f"{klass.__name__} has no setting {name!r}")
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
+
+
+def flag_of(klass: type, name: str) -> str:
+    """The command-line option of a setting: "--embed-dim", "--text-column"."""
+    return field_of(klass, name).metadata.get("flag") or "--" + name.replace("_", "-")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, (bool, dict)) or value is None:
+        return json.dumps(value, ensure_ascii=False)  # true / false / null / {...}, as written in a config file
+    return str(value)
+
+
+def _type_error(kind: Kind) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            list: "a list of strings", dict: "an object of strings"}[kind.base]
+
+
+def _num(bound: float) -> str:
+    """1.0 -> "1", 0.5 -> "0.5": bounds as a person writes them."""
+    return str(int(bound)) if float(bound).is_integer() and abs(bound) < 1e15 else str(bound)
+
+
+def _bounds_error(meta: Mapping[str, Any], value: float) -> str | None:
+    lo, gt, hi, lt = meta.get("min"), meta.get("gt"), meta.get("max"), meta.get("lt")
+    low_ok = (lo is None or value >= lo) and (gt is None or value > gt)
+    high_ok = (hi is None or value <= hi) and (lt is None or value < lt)
+    if low_ok and high_ok:
+        return None
+    if lt is not None and (lo is not None or gt is not None):  # a half-open interval, such as [0, 1)
+        return f"must be in {'[' if lo is not None else '('}{_num(lo if lo is not None else gt)}, {_num(lt)})"
+    if not low_ok:
+        return f"must be >= {_num(lo)}" if lo is not None else f"must be > {_num(gt)}"
+    return f"must be <= {_num(hi)}" if hi is not None else f"must be < {_num(lt)}"
+
+
+def check_value(f: dataclasses.Field, kind: Kind, value: Any, display: str) -> Any:
+    """`value` for the setting `f`, checked against its type and metadata; ints become floats where a float
+    belongs. A ConfigError names the setting as `display`."""
+
+    def fail(what: str) -> ConfigError:
+        return ConfigError(f"{display} {what}, got {_show(value)}")
+
+    if value is None:
+        if kind.optional:
+            return None
+        raise fail(f"must be {_type_error(kind)}")
+    base, meta = kind.base, f.metadata
+    if base is bool:
+        if not isinstance(value, bool):
+            raise fail("must be true or false")
+    elif base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("must be an integer")
+    elif base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail("must be a number")
+        if not math.isfinite(value):
+            raise fail("must be a finite number")
+    elif base is str:
+        if not isinstance(value, str):
+            raise fail("must be a string")
+    elif base is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise fail("must be a list of strings")
+    elif base is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise fail("must be an object of strings")
+    if base in (int, float):
+        error = _bounds_error(meta, value)
+        if error is None and base is int and not -INT64_MAX - 1 <= value <= INT64_MAX:
+            error = f"must be <= {INT64_MAX}" if value > 0 else f"must be >= {-INT64_MAX - 1}"
+        if error:
+            raise fail(error)
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise fail(f"must be one of {', '.join(choices)}")
+    check = meta.get("check")
+    if check is not None:
+        error = check(value)
+        if error:
+            raise fail(error)
+    if base is float:
+        return float(value)
+    if base in (list, dict):
+        return copy.copy(value)
+    return value
+
+
+# --- checks and parsers named in the declarations -----------------------------------------------------
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _check_device(value: str) -> str | None:
+    return None if _DEVICE.fullmatch(value) else "must be auto, cpu, cuda or cuda:N"
+
+
+def _check_text_columns(value: list[str]) -> str | None:
+    return None if value and all(v.strip() for v in value) else "must name at least one column"
+
+
+def _check_label_names(value: dict[str, str]) -> str | None:
+    names = list(value.values())
+    if not names or len(set(names)) != len(names) or not all(n.strip() for n in names):
+        return "needs distinct, non-empty names"
+    return None
+
+
+def parse_label_names(text: str) -> dict[str, str]:
+    """`0=negative,1=positive` -> {"0": "negative", "1": "positive"} (the command line's --label-names)."""
+    names: dict[str, str] = {}
+    for item in text.split(","):
+        label, sep, name = item.partition("=")
+        if not sep or not label.strip() or label.strip() in names:
+            raise ValueError(f"expected distinct LABEL=NAME pairs separated by commas, got {item!r}")
+        names[label.strip()] = name.strip()
+    return names
+
+
+def _device(**kw: Any) -> Any:
+    return setting("auto", help="auto (CUDA when present), cpu, cuda or cuda:N", check=_check_device,
+                   metavar="DEVICE", **kw)
+
+
+def _threads(**kw: Any) -> Any:
+    return setting(None, help="CPU threads (default: all cores)", min=1, max=MAX_THREADS, show_default=False, **kw)
+
+
+# --- the settings -----------------------------------------------------------------------------------
+
+
+class Settings:
+    """What every settings dataclass can do; SECTION names it in messages ("data.valid_split")."""
+
+    SECTION = ""
+
+    def names(self, namer: Namer | None = None) -> Callable[[str], str]:
+        namer = namer or python_name
+        return lambda name: namer(self.SECTION, name)
+
+    def check_fields(self, namer: Namer | None = None) -> None:
+        """Every field's type, range and choices."""
+        name = self.names(namer)
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            check_value(f, kinds(type(self))[f.name], getattr(self, f.name), name(f.name))
+
+    def check_rules(self, name: Callable[[str], str]) -> None:
+        """Rules between fields (the few that are code)."""
+
+    def validate(self, namer: Namer | None = None) -> None:
+        self.check_fields(namer)
+        self.check_rules(self.names(namer))
+
+    def checked(self, values: Mapping[str, Any], namer: Namer | None = None) -> dict[str, Any]:
+        """`values` (field -> value) checked and converted; an unknown field is an error."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"'{self.SECTION}' must be an object, got {type(values).__name__}")
+        unknown = unknown_fields(type(self), values)
+        if unknown:
+            raise ConfigError(f"unknown {self.SECTION} settings {unknown}")
+        name, klass = self.names(namer), type(self)
+        return {k: check_value(field_of(klass, k), kinds(klass)[k], v, name(k)) for k, v in values.items()}
+
+    def update(self, values: Mapping[str, Any], namer: Namer | None = None) -> None:
+        """Set `values` (field -> value), each checked first; nothing is set when one is wrong."""
+        for k, v in self.checked(values, namer).items():
+            setattr(self, k, v)
 
 
 @dataclass
-class DataConfig:
-    dataset: str | None = None  # "ag_news" or None for own files
-    data_dir: str | None = None
-    train: str | None = None
-    test: str | None = None
-    valid: str | None = None
-    text_columns: list[str] = field(default_factory=lambda: ["text"])
-    label_column: str = "label"
-    label_names: dict[str, str] | None = None  # the files' labels -> names (e.g. {"0": "negative"}), in class order
-    valid_split: float = 0.05
-    skip_bad_rows: bool = False
-    quoting: str = "csv"  # one of QUOTINGS
-    tokenizer: str = "basic_english"
-    ngrams: int = 1
-    min_freq: int = 2  # words seen once are mostly names and typos: halves the vocabulary, +0.4% (tune.py)
-    max_vocab: int | None = None
-    max_len: int | None = None  # tokens kept per text (None: all)
-    embeddings: str | None = None  # pretrained word vectors (GloVe, word2vec, fastText .vec); read when training only
-    embeddings_lowercase: bool = True  # a word missing from the vectors may take the vector of its lowercase twin
-    vocab_from_embeddings: bool = False  # add the vector file's most frequent words to the vocabulary
-    vocab_from_embeddings_max: int = 50_000  # how many of the file's first (most frequent) words to consider
+class DataConfig(Settings):
+    SECTION = "data"
 
-    def validate(self) -> None:
-        if not 0.0 <= self.valid_split < 1.0:
-            raise ConfigError(f"--valid-split must be in [0, 1), got {self.valid_split}")
-        if self.label_names is not None:
-            if self.dataset is not None:
-                raise ConfigError("--label-names is for your own files; AG News labels are named already")
-            names = list(self.label_names.values())
-            if not names or len(set(names)) != len(names) or not all(n.strip() for n in names):
-                raise ConfigError(f"--label-names needs distinct, non-empty names, got {', '.join(map(repr, names))}")
-        if self.quoting not in QUOTINGS:
-            raise ConfigError(f"--quoting must be one of {', '.join(QUOTINGS)}, got {self.quoting!r}")
-        if self.ngrams < 1:
-            raise ConfigError(f"--ngrams must be >= 1, got {self.ngrams}")
-        if self.min_freq < 1:
-            raise ConfigError(f"--min-freq must be >= 1, got {self.min_freq}")
-        if self.max_vocab is not None and self.max_vocab < 3:
-            raise ConfigError(f"--max-vocab must be >= 3 (room for <pad>, <unk> and a word), got {self.max_vocab}")
-        if self.max_len is not None and self.max_len < 1:
-            raise ConfigError(f"--max-len must be >= 1, got {self.max_len}")
+    dataset: str | None = setting(None, choices=DATASETS, help="a built-in dataset", show_default=False)
+    data_dir: str | None = setting(None, path=True, metavar="DIR", show_default=False,
+                                   help="directory with the dataset's train/test CSVs (default: $RNNTEXT_DATA_DIR, "
+                                        "else download and cache)")
+    train: str | None = setting(None, path=True, metavar="FILE", show_default=False,
+                                help="your own training file: CSV, TSV or JSONL, optionally .gz")
+    test: str | None = setting(None, path=True, metavar="FILE", show_default=False,
+                               help="test file, same format as --train (with --dataset ag_news: replaces its test "
+                                    "split; labels are its class names)")
+    valid: str | None = setting(None, path=True, metavar="FILE", show_default=False,
+                                help="validation file (default: --valid-split of train)")
+    text_columns: list[str] = setting(factory=lambda: ["text"], flag="--text-column", metavar="NAME",
+                                      check=_check_text_columns, help="text column (repeat to join several)")
+    label_column: str = setting("label", metavar="NAME", help="label column")
+    # the files' labels -> names (e.g. {"0": "negative"}), in class order
+    label_names: dict[str, str] | None = setting(None, parse=parse_label_names, metavar="LABEL=NAME,...",
+                                                 check=_check_label_names, show_default=False,
+                                                 help="name the files' labels, in class order, e.g. "
+                                                      "0=negative,1=positive")
+    valid_split: float = setting(0.05, min=0.0, lt=1.0, help="fraction of train held out for validation")
+    skip_bad_rows: bool = setting(False, help="skip and count malformed rows instead of stopping")
+    quoting: str = setting("csv", choices=QUOTINGS, help='CSV/TSV: "quoted" fields (csv) or quotes as ordinary '
+                                                         "characters (none: raw TSV)")
+    tokenizer: str = setting("basic_english", choices=TOKENIZER_NAMES,
+                             help="basic_english (lowercase, punctuation split off) or whitespace")
+    ngrams: int = setting(1, min=1, max=MAX_NGRAMS, help="append 2..N-grams to the tokens")
+    # words seen once are mostly names and typos: halves the vocabulary, +0.4% (tune.py)
+    min_freq: int = setting(2, min=1, help="minimum token count to enter the vocabulary")
+    max_vocab: int | None = setting(None, min=3, show_default=False,
+                                    help="vocabulary size cap, <pad> and <unk> included (>= 3)")
+    max_len: int | None = setting(None, min=1, help="tokens kept per text (default: all)", show_default=False)
+    # pretrained word vectors (GloVe, word2vec, fastText .vec); read when training only
+    embeddings: str | None = setting(None, path=True, metavar="PATH", group="vectors", show_default=False,
+                                     help="GloVe / word2vec (text or .bin) / fastText .vec file, optionally .gz or "
+                                          "in a .zip (ARCHIVE.zip/MEMBER); sets --embed-dim from the file")
+    embeddings_lowercase: bool = setting(True, group="vectors", help="a word missing from the file takes the vector "
+                                                                     "of its lowercase twin")
+    vocab_from_embeddings: bool = setting(False, group="vectors",
+                                          help="add the vector file's most frequent words to the vocabulary")
+    vocab_from_embeddings_max: int = setting(50_000, min=1, group="vectors", metavar="N",
+                                             help="consider the first N words of the vector file; --max-vocab caps "
+                                                  "the total")
+
+    def check_rules(self, name: Callable[[str], str]) -> None:
+        if self.label_names is not None and self.dataset is not None:
+            raise ConfigError(f"{name('label_names')} is for your own files; AG News labels are named already")
         if self.vocab_from_embeddings and not self.embeddings:
-            raise ConfigError("--vocab-from-embeddings needs --embeddings PATH")
-        if self.vocab_from_embeddings_max < 1:
-            raise ConfigError(f"--vocab-from-embeddings-max must be >= 1, got {self.vocab_from_embeddings_max}")
+            raise ConfigError(f"{name('vocab_from_embeddings')} needs {name('embeddings')} (a vector file)")
 
 
 @dataclass
-class ModelConfig:
-    model: str = "gru"  # rnn | lstm | gru | bag
-    embed_dim: int = 128
-    hidden_dim: int = 128
-    num_layers: int = 1
-    bidirectional: bool = True
-    dropout: float = 0.3  # between layers and before the output layer
-    embed_dropout: float = 0.3
-    pooling: str = "meanmax"  # last | mean | max | meanmax
-    packed: bool = False
-    pack_on_cpu: bool = False  # a packed model runs as masked padding on a CPU (same outputs, ~2x faster)
-    vocab_size: int = 0  # filled in from the vocabulary
-    num_classes: int = 0  # filled in from the labels
-    padding_idx: int = 0
-    freeze_embeddings: bool = False  # keep pretrained vectors (--embeddings) fixed during training
+class ModelConfig(Settings):
+    SECTION = "model"
 
-    def validate(self) -> None:
-        if self.model not in MODELS:
-            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
-        for name in ("embed_dim", "hidden_dim", "num_layers"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("dropout", "embed_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+    # rnn | lstm | gru | bag | ...: the names of rnntext.model.registry, which checks it when building the model
+    model: str = setting("gru", help="a recurrent cell (rnn, lstm, gru), or bag (EmbeddingBag baseline), cnn, ...")
+    embed_dim: int = setting(128, min=1, max=MAX_DIM, help="embedding size")
+    hidden_dim: int = setting(128, min=1, max=MAX_DIM, help="hidden state size")
+    num_layers: int = setting(1, min=1, max=MAX_LAYERS, help="stacked recurrent layers")
+    bidirectional: bool = setting(True, help="read the texts in both directions")
+    dropout: float = setting(0.3, min=0.0, lt=1.0, help="dropout between layers and before the output layer")
+    embed_dropout: float = setting(0.3, min=0.0, lt=1.0, help="dropout on the embeddings")
+    pooling: str = setting("meanmax", choices=POOLINGS, help="how the outputs become one vector")
+    packed: bool = setting(False, help="run on packed sequences (pack_padded_sequence) instead of masked padding; on "
+                                       "a CPU this runs as masked padding (same outputs, faster) unless --pack-on-cpu")
+    # a packed model runs as masked padding on a CPU (same outputs, ~2x faster)
+    pack_on_cpu: bool = setting(False, help="with --packed: pack on the CPU too (slower; for comparison)")
+    vocab_size: int = setting(0, min=0, cli=False)  # filled in from the vocabulary
+    num_classes: int = setting(0, min=0, cli=False)  # filled in from the labels
+    padding_idx: int = setting(0, min=0, cli=False)
+    # keep pretrained vectors (--embeddings) fixed during training
+    freeze_embeddings: bool = setting(False, group="vectors", help="keep the pretrained vectors fixed "
+                                                                   "(default: tune them)", show_default=False)
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 128  # with lr 6e-3: as accurate as 64 / 3e-3 and ~1.5x faster on a CPU (tune.py)
-    lr: float = 6e-3
-    schedule: str = "onecycle"  # onecycle | constant
-    weight_decay: float = 0.1  # decoupled (AdamW)
-    clip: float | None = 1.0
-    seed: int = 0
-    device: str = "auto"
-    epoch_size: int | None = None  # batches per epoch (the tutorial's early cut-off)
-    bucket: bool = True  # length-bucketed batches
-    threads: int | None = None  # torch intra-op threads (None: all cores)
-    checkpoint_every: int | None = None  # steps between mid-epoch checkpoints
-    dist_timeout: float = 300.0  # seconds a distributed collective waits for a dead or stuck rank
-    lazy_embedding: bool = False  # CPU: Adam updates only the embedding rows of a batch's words (training/optim.py)
+class TrainConfig(Settings):
+    SECTION = "train"
+
+    epochs: int = setting(5, min=1, help="passes over the training data")
+    # with lr 6e-3: as accurate as 64 / 3e-3 and ~1.5x faster on a CPU (tune.py)
+    batch_size: int = setting(128, min=1, help="texts per batch")
+    lr: float = setting(6e-3, gt=0.0, help="peak learning rate")
+    schedule: str = setting("onecycle", choices=SCHEDULES, help="learning-rate schedule")
+    weight_decay: float = setting(0.1, min=0.0, help="decoupled weight decay (AdamW)")
+    clip: float | None = setting(1.0, gt=0.0, help="gradient norm clip")
+    seed: int = setting(0, min=0, max=INT64_MAX, help="random seed (weights, shuffling, validation split)")
+    device: str = _device()
+    epoch_size: int | None = setting(None, min=1, show_default=False, metavar="N",
+                                     help="stop each epoch after N batches (the tutorial's early cut-off)")
+    bucket: bool = setting(True, help="length-bucketed batches (--no-bucket: plain shuffled batches)")
+    threads: int | None = _threads()  # torch intra-op threads (None: all cores)
+    checkpoint_every: int | None = setting(None, min=1, metavar="N", show_default=False,
+                                           help="also checkpoint every N steps (a checkpoint is always written at "
+                                                "the end of each epoch)")
+    dist_timeout: float = setting(300.0, gt=0.0, max=1e9, metavar="SECONDS",
+                                  help="seconds a distributed process waits for a dead or stuck peer before failing")
+    lazy_embedding: bool = setting(False, help="on a CPU, update only the embedding rows of each batch's words (faster "
+                                               "with small batches and large vocabularies; changes the optimiser's "
+                                               "results)")
     # CPU, >= 2 threads: the embedding's update runs on a second thread beside the next batch (same results,
     # training/optim.py). None: where it was measured faster, batches of <= 32 rows and a table of >= 1M weights
-    overlap_update: bool | None = None
+    overlap_update: bool | None = setting(None, show_default=False,
+                                          help="on a CPU with 2+ threads, update the embedding table on a second "
+                                               "thread while the next batch trains: the same results, faster with "
+                                               "small batches and large vocabularies, slower with large batches "
+                                               "(default: on for batches of <= 32 rows and tables of >= 1M weights)")
 
-    def validate(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
-        if self.schedule not in ("onecycle", "constant"):
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose onecycle or constant")
-        if self.weight_decay < 0:
-            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if self.clip is not None and self.clip <= 0:
-            raise ConfigError(f"--clip must be > 0, got {self.clip}")
-        if self.epoch_size is not None and self.epoch_size < 1:
-            raise ConfigError(f"--epoch-size must be >= 1, got {self.epoch_size}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise ConfigError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
-        if not self.dist_timeout > 0:
-            raise ConfigError(f"--dist-timeout must be > 0 seconds, got {self.dist_timeout}")
+
+SECTIONS: dict[str, type[Settings]] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 
 @dataclass
 class RunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     format_version: int = FORMAT_VERSION
 
-    def validate(self) -> None:
-        self.data.validate()
-        self.model.validate()
-        self.train.validate()
+    def validate(self, namer: Namer | None = None) -> None:
+        """Every setting's type and range, then the rules between them. `namer` says how a message names a
+        setting (default: data.valid_split; the command line passes one that says --valid-split)."""
+        for section in SECTIONS:
+            getattr(self, section).check_fields(namer)
+        for section in SECTIONS:
+            getattr(self, section).check_rules(getattr(self, section).names(namer))
+        name = namer or python_name
         if self.model.freeze_embeddings and not self.data.embeddings:
-            raise ConfigError("--freeze-embeddings needs --embeddings PATH (pretrained vectors to freeze)")
+            raise ConfigError(f"{name('model', 'freeze_embeddings')} needs {name('data', 'embeddings')} "
+                              "(pretrained vectors to freeze)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+    def from_dict(cls, d: Any, source: str | None = None, base: RunConfig | None = None) -> RunConfig:
+        """A RunConfig from config.json's layout ({"data": {...}, "model": {...}, "train": {...}}; sections and
+        fields may be left out), on top of `base` (default: the defaults). Every value is checked against its
+        setting's type and range; a ConfigError starts with `source` (a file name) when given. The rules
+        between settings are for `validate()`."""
+
+        def fail(message: str) -> ConfigError:
+            return ConfigError(f"{source}: {message}" if source else message)
+
+        if not isinstance(d, Mapping):
+            raise fail(f"expected an object with data, model and train sections, got {type(d).__name__}")
         version = d.get("format_version", FORMAT_VERSION)
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise ConfigError(
-                f"config format version {version} is newer than this rnntext understands "
-                f"({FORMAT_VERSION}); upgrade rnntext"
-            )
-        return cls(
-            data=_build(DataConfig, d.get("data", {})),
-            model=_build(ModelConfig, d.get("model", {})),
-            train=_build(TrainConfig, d.get("train", {})),
-            format_version=version,
-        )
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise fail(f"format_version must be an integer, got {_show(version)}")
+        if version > FORMAT_VERSION:
+            raise fail(f"config format version {version} is newer than this rnntext understands "
+                       f"({FORMAT_VERSION}); upgrade rnntext")
+        unknown = sorted(set(d) - {*SECTIONS, "format_version"})
+        if unknown:
+            raise fail(f"unknown top-level keys {unknown}; expected data, model, train (and format_version)")
+        cfg = copy.deepcopy(base) if base is not None else cls()
+        for section in SECTIONS:
+            try:
+                getattr(cfg, section).update(d.get(section, {}))
+            except ConfigError as e:
+                raise fail(str(e)) from None
+        cfg.format_version = version
+        return cfg
+
+    def with_overrides(self, overrides: Mapping[str, Any], source: str | None = None) -> RunConfig:
+        """A copy with dotted settings replaced, each checked: `cfg.with_overrides({"model.hidden_dim": 32})`."""
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in overrides.items():
+            section, dot, name = key.partition(".")
+            if not dot or section not in SECTIONS:
+                raise ConfigError(f"{key!r}: expected SECTION.SETTING with SECTION one of {', '.join(SECTIONS)}")
+            nested.setdefault(section, {})[name] = value
+        return RunConfig.from_dict(nested, source, base=self)
 
 
-def _build(klass: type, values: dict[str, Any]) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{klass.__name__}: expected an object, got {type(values).__name__}")
-    unknown = unknown_fields(klass, values)
-    if unknown:
-        raise ConfigError(f"{klass.__name__}: unknown keys {unknown}")
-    return klass(**values)
-
-
-def unknown_fields(klass: type, values: dict[str, Any]) -> list[str]:
+def unknown_fields(klass: type, values: Mapping[str, Any]) -> list[str]:
     """Keys of `values` that are not fields of the dataclass `klass`, sorted."""
     return sorted(set(values) - {f.name for f in dataclasses.fields(klass)})
+
+
+# --- other commands' settings -------------------------------------------------------------------------
+
+
+@dataclass
+class ServeConfig(Settings):
+    """`rnntext serve`: where to listen, the model's device and threads, the request limits and batching."""
+
+    SECTION = "serve"
+
+    host: str = setting("127.0.0.1", metavar="HOST", help="address to listen on (127.0.0.1: this machine only)")
+    port: int = setting(8000, min=1, max=65535, help="TCP port")
+    device: str = _device()
+    threads: int | None = _threads()
+    max_texts: int = setting(256, min=1, help="texts per request")
+    max_chars: int = setting(20_000, min=1, help="characters per text")
+    max_body_bytes: int = setting(2_000_000, min=1, help="request body size")
+    batch_wait_ms: float = setting(2.0, min=0.0, max=60_000.0, help="how long a batch waits for more requests")
+    max_batch: int = setting(256, min=1, help="texts per model call when batching requests")
+    log_level: str = setting("info", choices=LOG_LEVELS, help="uvicorn's log level")
+
+
+@dataclass
+class VectorOptions(Settings):
+    """`rnntext vectors`: training word vectors with gensim (rnntext.data.train_vectors)."""
+
+    SECTION = "vectors"
+
+    dim: int = setting(100, min=1, max=MAX_DIM, help="vector size")
+    epochs: int = setting(5, min=1, help="passes over the text")
+    min_count: int = setting(2, min=1, help="ignore words seen fewer times")
+    window: int = setting(5, min=1, help="context window")
+    # skipgram | cbow (gensim Word2Vec) | fasttext (gensim FastText, skip-gram)
+    algorithm: str = setting("skipgram", choices=ALGORITHMS,
+                             help="gensim Word2Vec skip-gram or CBOW, or gensim FastText")
+    negative: int = setting(5, min=1, help="negative samples per word")
+    threads: int | None = setting(None, min=1, max=MAX_THREADS, show_default=False,
+                                  help="worker threads (default: all cores)")
+    seed: int = setting(0, min=0, max=INT64_MAX, help="random seed")
+    tokenizer: str = setting("basic_english", choices=TOKENIZER_NAMES,
+                             help="use the classifier's tokenizer so the words match its vocabulary")
+
+
+# --- config files -----------------------------------------------------------------------------------------
+
+
+def read_config_file(path: str | Path, what: str = "config") -> Any:
+    """The parsed content of a JSON or TOML file (by suffix: .toml is TOML, anything else JSON). Every
+    problem is a one-line ConfigError that starts with the file name."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the {what} file ({e})") from None
+    if path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            try:
+                import tomli as tomllib  # type: ignore[no-redef]
+            except ImportError:
+                raise ConfigError(f"{path}: TOML needs Python 3.11+ or the tomli package; "
+                                  "or write the file as JSON") from None
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid JSON: nested too deeply") from None
+
+
+def load_run_config(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    """A RunConfig from a JSON or TOML file with config.json's sections (partial is fine), on top of `base`."""
+    return RunConfig.from_dict(read_config_file(path), str(path), base=base)

@@ -1,8 +1,16 @@
-"""Named configurations: the tutorial's three systems, reproducible by one flag."""
+"""Named configurations: the tutorial's three systems, reproducible by one flag.
+
+A preset is a partial config.json ({"data": {...}, "model": {...}, "train": {...}}); `preset_config`
+applies it through `RunConfig.from_dict`, so its values are checked against the settings' declarations
+(config.py) like any config file's, and a test checks them all."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+from .config import RunConfig
+from .errors import ConfigError
 
 # The tutorial's settings: embed 64, hidden 32, batch 16, Adam at a constant 1e-3, one epoch.
 _TUTORIAL: dict[str, Any] = {
@@ -24,3 +32,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tutorial-lstm-packed": {"model": {**_TUTORIAL["model"], "model": "lstm", "pooling": "last", "packed": True},
                              "train": _TUTORIAL["train"], "data": _TUTORIAL["data"]},
 }
+
+
+def preset_config(name: str, base: RunConfig | None = None,
+                  sections: Sequence[str] = ("data", "model", "train")) -> RunConfig:
+    """`base` (default: the defaults) with the preset's `sections` on top; every value checked."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    values = {k: v for k, v in PRESETS[name].items() if k in sections}
+    return RunConfig.from_dict(values, f"preset {name}", base=base)

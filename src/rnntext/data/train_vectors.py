@@ -13,43 +13,17 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..config import VectorOptions  # the options are declared with the other settings
 from ..errors import ConfigError, DataError
 from . import ag_news
 from .readers import read_rows
 from .tokenizer import TOKENIZERS
-
-ALGORITHMS = ("skipgram", "cbow", "fasttext")
-
-
-@dataclass
-class VectorOptions:
-    dim: int = 100
-    epochs: int = 5
-    min_count: int = 2
-    window: int = 5
-    algorithm: str = "skipgram"  # skipgram | cbow (gensim Word2Vec) | fasttext (gensim FastText, skip-gram)
-    negative: int = 5
-    threads: int | None = None  # None: all cores
-    seed: int = 0
-    tokenizer: str = "basic_english"
-
-    def validate(self) -> None:
-        for name in ("dim", "epochs", "min_count", "window"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.algorithm not in ALGORITHMS:
-            raise ConfigError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        if self.tokenizer not in TOKENIZERS:
-            raise ConfigError(f"unknown tokenizer {self.tokenizer!r}; choose one of {', '.join(TOKENIZERS)}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
-
 
 # --- reading the texts ---------------------------------------------------------------------
 

@@ -6,10 +6,8 @@ only in their model and training settings (a run entry therefore has no `data` s
 from __future__ import annotations
 
 import base64
-import copy
 import dataclasses
 import html
-import json
 import re
 import time
 from collections.abc import Callable
@@ -17,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig, RunConfig, TrainConfig, unknown_fields
+from ..config import ModelConfig, RunConfig, TrainConfig, read_config_file
 from ..errors import ConfigError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..presets import PRESETS
-from .plots import CONFUSION, CURVES, have_matplotlib, render_scatter
+from ..model.registry import model_names
+from ..presets import PRESETS, preset_config
+from .plots import CONFUSION, CURVES, have_matplotlib, render_scatter, write_run_plots
 
 SCATTER = "scatter.png"
 OVERRIDABLE = ("epochs", "epoch_size", "threads", "seed", "device")  # command-line settings applied to every run
@@ -76,49 +75,27 @@ def parse_entries(obj: Any, source: str = "<config>") -> list[Entry]:
         preset = item.get("preset")
         if preset is not None and preset not in PRESETS:
             raise ConfigError(f"{where}: unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+        sections = {}
         for section, klass in (("model", ModelConfig), ("train", TrainConfig)):
-            values = item.get(section, {})
-            if not isinstance(values, dict):
-                raise ConfigError(f"{where}: '{section}' must be an object, got {type(values).__name__}")
-            bad = unknown_fields(klass, values)
-            if bad:
-                raise ConfigError(f"{where}: unknown {section} settings {bad}")
+            try:  # each value against its setting's declaration, as config.json is checked
+                sections[section] = klass().checked(item.get(section, {}))
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
+        model = sections["model"].get("model")
+        if model is not None and model not in model_names():
+            raise ConfigError(f"{where}: unknown model {model!r}; choose one of {', '.join(model_names())}")
         default = preset or item.get("model", {}).get("model") or f"run{i}"
         name = _safe_name(str(item.get("name") or default))
         if name in seen:
             raise ConfigError(f"{where}: run name {name!r} is used twice; give each run a distinct 'name'")
         seen.add(name)
-        entries.append(Entry(name, preset, dict(item.get("model", {})), dict(item.get("train", {}))))
+        entries.append(Entry(name, preset, sections["model"], sections["train"]))
     return entries
 
 
 def load_entries(path: str | Path) -> list[Entry]:
     """Runs listed in a JSON or TOML file (by suffix; .toml is TOML, anything else JSON)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: comparison config file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read the comparison config ({e})") from None
-    if path.suffix.lower() == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            try:
-                import tomli as tomllib  # type: ignore[no-redef]
-            except ImportError:
-                raise ConfigError(f"{path}: TOML needs Python 3.11+ or the tomli package; "
-                                  "or write the file as JSON") from None
-        try:
-            obj = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML: {e}") from None
-    else:
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+    obj = read_config_file(path, "comparison config")
     return parse_entries(obj, str(path))
 
 
@@ -126,20 +103,16 @@ def entry_config(base: RunConfig, entry: Entry, overrides: dict[str, Any] | None
     """base -> preset -> the entry's settings -> command-line overrides; validated. A preset's data
     settings (the tutorial's min_freq 1) do not apply: every run shares the command's prepared data, and
     its config.json must say what it was trained on."""
-    cfg = copy.deepcopy(base)
-    layers = [{k: v for k, v in PRESETS[entry.preset].items() if k != "data"}] if entry.preset else []
-    layers.append({"model": entry.model, "train": entry.train})
-    layers.append({"train": {k: v for k, v in (overrides or {}).items() if v is not None}})
-    for layer in layers:
-        for section, values in layer.items():
-            for k, v in values.items():
-                setattr(getattr(cfg, section), k, v)
+    where = f"run {entry.name}"
+    cfg = base
+    if entry.preset:
+        cfg = preset_config(entry.preset, cfg, sections=("model", "train"))
+    cfg = RunConfig.from_dict({"model": entry.model, "train": entry.train}, where, base=cfg)
+    cfg = RunConfig.from_dict({"train": {k: v for k, v in (overrides or {}).items() if v is not None}}, where, base=cfg)
     try:
         cfg.validate()
-    except TypeError as e:  # e.g. a string where a number belongs
-        raise ConfigError(f"run {entry.name}: a setting has the wrong type ({e})") from None
     except ConfigError as e:
-        raise ConfigError(f"run {entry.name}: {e}") from None
+        raise ConfigError(f"{where}: {e}") from None
     return cfg
 
 
@@ -172,13 +145,13 @@ def compare(base: RunConfig, entries: list[Entry], out_dir: str | Path, *, overr
             progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train every entry on the data `base.data` describes (prepared once), write the runs under
     OUT/runs/NAME and the report (report.md, report.html, scatter.png, summary.json) in OUT."""
+    # Build and check every configuration first: a typo in the last entry must not cost the first runs.
+    configs = [(e.name, entry_config(base, e, overrides)) for e in entries]
     from ..data import prepare
     from ..training import train
 
     log = log or (lambda s: None)
     out = Path(out_dir)
-    # Build and check every configuration first: a typo in the last entry must not cost the first runs.
-    configs = [(e.name, entry_config(base, e, overrides)) for e in entries]
     data_seed = configs[0][1].train.seed  # the validation split; the runs' own seeds only change the weights
     t0 = time.perf_counter()
     prepared = prepare(base.data, seed=data_seed, progress=progress)
@@ -187,6 +160,7 @@ def compare(base: RunConfig, entries: list[Entry], out_dir: str | Path, *, overr
     for i, (name, cfg) in enumerate(configs, 1):
         log(f"compare: run {i}/{len(configs)}: {name} ({describe_model(cfg.model)})")
         result = train(cfg, str(out / "runs" / name), prepared=prepared, progress=progress, log=log)
+        write_run_plots(out / "runs" / name, log)
         rows.append(summarize(name, result.config, result.metrics))
     p = prepared
     summary = {
