@@ -37,7 +37,7 @@ from rnntext.config import RunConfig  # noqa: E402
 from rnntext.data import encode_texts  # noqa: E402
 from rnntext.data.ag_news import load  # noqa: E402
 from rnntext.data.tokenizer import basic_english  # noqa: E402
-from rnntext.serving.predictor import Predictor  # noqa: E402
+from rnntext.inference.predictor import Predictor  # noqa: E402
 from rnntext.training.trainer import train  # noqa: E402
 
 

@@ -252,7 +252,10 @@ def test_run_dir_config_that_does_not_fit_the_weights(run_dir: Path) -> None:
 def test_run_dir_config_asking_for_a_huge_model_allocates_nothing(run_dir: Path) -> None:
     f = run_dir / "config.json"
     data = json.loads(f.read_text())
-    data["model"]["embed_dim"] = data["model"]["hidden_dim"] = 10**7  # ~10^15 parameters
+    data["model"]["embed_dim"] = data["model"]["hidden_dim"] = 10**7  # ~10^15 parameters: out of range
+    f.write_text(json.dumps(data))
+    _expect_error(lambda: load_run(run_dir), run_dir / "config.json", "embed_dim must be <=")
+    data["model"]["embed_dim"] = data["model"]["hidden_dim"] = 65536  # the largest allowed: ~10^11 parameters
     f.write_text(json.dumps(data))
     _expect_error(lambda: load_run(run_dir), run_dir / "model.safetensors", "the config needs")
 
@@ -285,7 +288,7 @@ def test_a_pickle_in_place_of_the_weights_is_refused_and_never_runs(run_dir: Pat
 
 def test_a_new_run_never_overwrites_an_unfinished_one(checkpointed: Path, tmp_path: Path) -> None:
     from rnntext.errors import ConfigError
-    from rnntext.training import train
+    from rnntext.training.trainer import train
 
     with pytest.raises(ConfigError, match="holds an unfinished run; continue it with `rnntext train --resume"):
         train(_config(tmp_path / "data" / "train.csv"), str(checkpointed), progress=False, log=lambda s: None)

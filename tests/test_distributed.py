@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_config
+from conftest import make_tiny_config, terminal_sigint
 from rnntext import load
 from rnntext.cli import main
-from rnntext.training import distributed, train
+from rnntext.inference.evaluate import evaluate_run
+from rnntext.training import distributed
 from rnntext.training.checkpoint import load_checkpoint
 from rnntext.training.distributed import DistContext
-from rnntext.training.evaluate import evaluate_run
+from rnntext.training.trainer import train
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 GRU = ["--threads", "1", "--embed-dim", "32", "--hidden-dim", "32", "--batch-size", "32", "--epochs", "2",
@@ -196,7 +197,7 @@ def _start_and_wait_for_checkpoint(data: Path, run: Path, steps: int) -> subproc
     cmd = [sys.executable, "-m", "rnntext", "train", "-q", "--data-dir", str(data), *GRU, "--out", str(run),
            "--checkpoint-every", "5", "--nproc", "2"]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=terminal_sigint)  # Ctrl-C-able: see conftest.py
     manifest = run / "checkpoint" / "checkpoint.json"
     deadline = time.monotonic() + 120
     while not (manifest.exists() and json.loads(manifest.read_text())["progress"]["global_step"] >= steps):

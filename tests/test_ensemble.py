@@ -12,8 +12,8 @@ import torch
 import rnntext
 from conftest import make_tiny_config, write_table
 from rnntext.errors import CheckpointError, ConfigError
+from rnntext.inference.evaluate import evaluate_run
 from rnntext.training.ensemble import train_ensemble
-from rnntext.training.evaluate import evaluate_run
 from test_cli import rnntext as run_cli
 
 TEXTS = ["Stocks fell as oil prices rose and investors sold shares",

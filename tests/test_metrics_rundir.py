@@ -12,10 +12,11 @@ import rnntext
 from rnntext.config import RunConfig
 from rnntext.data import Tokenizer, Vocab, encode_texts
 from rnntext.data.ag_news import CLASSES
+from rnntext.inference.evaluate import evaluate_run
 from rnntext.model import build_model
-from rnntext.training import classification_report, format_report, load_run, predict_logits, save_run
-from rnntext.training.evaluate import evaluate_run
-from rnntext.training.metrics import confusion_matrix
+from rnntext.training.logits import predict_logits
+from rnntext.training.metrics import classification_report, confusion_matrix, format_report
+from rnntext.training.rundir import load_run, save_run
 
 
 def test_classification_report_by_hand() -> None:
@@ -67,7 +68,7 @@ def _random_run(tmp_path: Path, model: str = "lstm") -> tuple[Path, RunConfig, V
     labels = ["neg", "pos"]
     save_run(tmp_path / "run", cfg, vocab, labels, net.state_dict(), {"note": "x"})
     enc = encode_texts(texts, tok, vocab)
-    expected = predict_logits(net, enc, model == "bag", torch.device("cpu"))
+    expected = predict_logits(net, enc, torch.device("cpu"))
     return tmp_path / "run", cfg, enc, expected
 
 
@@ -80,7 +81,7 @@ def test_save_load_round_trip(tmp_path: Path, model: str) -> None:
     assert run.config.to_dict() == cfg.to_dict()
     assert run.label_names == ["neg", "pos"]
     assert not run.model.training
-    got = predict_logits(run.model, enc, model == "bag", torch.device("cpu"))
+    got = predict_logits(run.model, enc, torch.device("cpu"))
     assert torch.equal(got, expected)
     # safetensors, never pickle
     assert not (path / "model.safetensors").read_bytes().startswith(b"\x80")
@@ -119,7 +120,7 @@ def test_evaluate_run_reproduces_the_training_test_metrics(trained_run: Path) ->
 
 def test_evaluation_data_keeps_the_runs_columns() -> None:
     from rnntext.config import DataConfig
-    from rnntext.training.evaluate import evaluation_data
+    from rnntext.inference.evaluate import evaluation_data
 
     trained = DataConfig(train="tr.csv", test="te.csv", text_columns=["sentence"], label_column="y")
     assert evaluation_data(trained).test == "te.csv"

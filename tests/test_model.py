@@ -12,8 +12,9 @@ from torch import nn
 from rnntext.cli import build_parser, config_from_args
 from rnntext.config import CELLS, POOLINGS, ModelConfig
 from rnntext.data.vocab import PAD_ID
-from rnntext.model import BagClassifier, RecurrentClassifier, build_model, recurrent, uses_flat_batches
-from rnntext.model.recurrent import reverse_within_length
+from rnntext.model import batch_layout, build_model
+from rnntext.model.bag import BagClassifier
+from rnntext.model.recurrent import RecurrentClassifier, reverse_within_length
 
 VOCAB, CLASSES = 50, 4
 LENGTHS = [1, 17, 5, 40, 2]  # very different lengths in one batch
@@ -75,73 +76,6 @@ def test_forward_pools_directions_as_pool_of_encode(combo: tuple) -> None:
         torch.manual_seed(1)
         expected = model.fc(model.dropout(model.pool(model.encode(tokens, lengths), lengths)))
         assert torch.allclose(got, expected, atol=1e-6, rtol=0)
-
-
-@pytest.mark.parametrize("pooling", POOLINGS)
-@pytest.mark.parametrize("layers", [1, 2])
-@pytest.mark.parametrize("bi", [False, True], ids=["uni", "bi"])
-def test_gru_inference_from_input_tables_equals_nn_gru(bi: bool, layers: int, pooling: str, monkeypatch) -> None:
-    # without autograd a GRU gathers precomputed input projections and runs its own loop (one layer:
-    # pooled as it goes, the shorter texts dropping out); with autograd it runs nn.GRU: same logits
-    monkeypatch.setattr(recurrent, "_GRU_TABLE_MIN_BATCH", 1)  # these batches are small
-    model = _model("gru", bi, layers, pooling)
-    tokens, lengths = _batch(LENGTHS)
-    expected = model(tokens, lengths).detach()  # grad enabled: nn.GRU
-    with torch.inference_mode():
-        model(tokens, lengths)
-        assert model._gru_table_cache is None  # only inside inference_tables()
-        with model.inference_tables():
-            got = model(tokens, lengths)
-            assert model._gru_table_cache is not None
-            monkeypatch.setattr(recurrent, "_GRU_TABLE_MIN_BATCH", 6)  # a batch of 5 runs nn.GRU
-            torch.testing.assert_close(model(tokens, lengths), got, atol=1e-5, rtol=0)
-            monkeypatch.setattr(recurrent, "_GRU_TABLE_MIN_BATCH", 1)
-        assert model._gru_table_cache is None  # dropped with the block
-    assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
-    # inside the block, a weight changed in place (copy_, mul_) rebuilds the tables
-    with torch.no_grad(), model.inference_tables():
-        model(tokens, lengths)
-        model.embedding.weight.mul_(2)
-        model.layers[0][0].weight_ih_l0.add_(0.1)
-        got = model(tokens, lengths)
-    torch.testing.assert_close(got, model(tokens, lengths).detach(), atol=1e-5, rtol=0)
-    model.train()
-    with torch.no_grad(), model.inference_tables():
-        model.embed_dropout.p = model.dropout.p = 0.0
-        model(tokens, lengths)
-        assert model._gru_table_cache is None  # training mode never uses the tables
-
-
-def test_prediction_batch_is_large_only_for_the_gru_loop() -> None:
-    cpu = torch.device("cpu")
-    assert _model("gru", True, 1, "meanmax").prediction_batch(cpu) == 1024  # its own loop: large batches pay
-    assert _model("gru", True, 2, "meanmax").prediction_batch(cpu) == 256
-    assert _model("lstm", True, 1, "meanmax").prediction_batch(cpu) == 256  # nn.LSTM: slower at 1024
-    assert _model("gru", True, 1, "meanmax", packed=True).prediction_batch(cpu) == 256  # really packs here
-    assert _model("gru", True, 1, "meanmax").prediction_batch(torch.device("cuda")) == 256
-
-
-def test_predictions_follow_fused_adamw_steps(monkeypatch) -> None:
-    # torch's fused AdamW updates weights without bumping their version counters: evaluation between
-    # training steps must not see tables from before a step
-    from rnntext.data.encode import Encoded
-    from rnntext.training.trainer import predict_logits
-
-    monkeypatch.setattr(recurrent, "_GRU_TABLE_MIN_BATCH", 1)
-    model = _model("gru", True, 1, "meanmax")
-    tokens, lengths = _batch(LENGTHS)
-    data = Encoded(torch.cat([t[:n] for t, n in zip(tokens, lengths)]),
-                   torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]), torch.zeros(len(LENGTHS)))
-    opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
-    for _ in range(3):
-        got = predict_logits(model, data, False, torch.device("cpu"))  # tables
-        model.eval()
-        expected = model(tokens, lengths).detach()  # grad mode: nn.GRU, no tables
-        assert torch.allclose(got, expected, atol=1e-5, rtol=0)
-        model.train()
-        model(tokens, lengths).logsumexp(1).sum().backward()
-        opt.step()
-        opt.zero_grad()
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
@@ -284,13 +218,13 @@ def test_build_model_from_config() -> None:
     assert len(model.layers) == 3 and all(len(layer) == 2 for layer in model.layers)
     assert model.layers[1][0].input_size == 20
     assert model.fc.in_features == 10 * 2 * 2
-    assert not uses_flat_batches(cfg)
+    assert batch_layout(cfg) == "padded" and model.batch_layout == "padded"
 
 
 def test_bag_model_forward() -> None:
     cfg = ModelConfig(model="bag", embed_dim=6, vocab_size=20, num_classes=3, dropout=0.0)
     model = build_model(cfg).eval()
-    assert isinstance(model, BagClassifier) and uses_flat_batches(cfg)
+    assert isinstance(model, BagClassifier) and batch_layout(cfg) == "flat"
     assert torch.count_nonzero(model.embedding.weight[PAD_ID]) == 0
     tokens = torch.tensor([2, 3, 4, 5, 6, 7])
     offsets = torch.tensor([0, 3, 4])

@@ -1,4 +1,4 @@
-"""The optimiser (training/optim.py): a sparse embedding gradient made dense gives torch's AdamW
+"""The optimiser's CPU fast path (fast/adamw.py): a sparse embedding gradient made dense gives torch's AdamW
 update; the direct fused step is torch's, bit for bit; lazy embedding updates equal dense AdamW on
 the rows a batch touches and leave the others alone; the sparse-aware gradient clipping equals torch's."""
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from rnntext.fast.adamw import AdamW, clip_grad_norm, use_sparse_embedding
 from rnntext.model.recurrent import RecurrentClassifier
-from rnntext.training.optim import AdamW, clip_grad_norm, use_sparse_embedding
 
 
 def _train(sparse: bool, batches: list[torch.Tensor], clip: float | None = 0.5, lazy: bool = True,
@@ -93,7 +93,7 @@ def test_trainer_with_lazy_embedding_learns_like_dense(tiny_config, ag_news_smal
         cfg = tiny_config(data__dataset="ag_news", data__data_dir=str(ag_news_small), train__lazy_embedding=lazy,
                           train__epochs=3)
         trainer = Trainer(cfg, progress=False, log=lambda s: None)
-        assert trainer.lazy_embedding is lazy and trainer.model.embedding.sparse  # sparse gradients on a CPU
+        assert trainer.optimizer.lazy is lazy and trainer.model.embedding.sparse  # sparse gradients on a CPU
         results[lazy] = trainer.fit().metrics
     losses = [e["train_loss"] for e in results[True]["epochs"]]
     assert losses[-1] < losses[0] - 0.1

@@ -5,6 +5,7 @@ It must be the same optimiser to the bit: every test trains the same run with an
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from torch import nn
 from conftest import make_tiny_config
 from rnntext.config import RunConfig
 from rnntext.data import prepare
-from rnntext.training import optim
+from rnntext.fast import adamw as optim
+from rnntext.fast import look_ahead
 from rnntext.training.checkpoint import load_checkpoint
 from rnntext.training.trainer import Trainer, resume, train
 
@@ -73,10 +75,10 @@ def test_overlap_needs_two_threads_and_whole_rows(ag_news_small: Path, prepared)
     assert one.optimizer.overlap is None  # one thread: nothing to overlap with
     # 20 floats a row: the gathered rows would end in a partial vector, so the update is not overlapped
     odd = Trainer(_config(ag_news_small, True, model__embed_dim=20), prepared=prepared, progress=False, log=_quiet)
-    batches = odd.epoch_order(0)
-    odd.train_step(batches[0], batches[1])
-    odd.train_step(batches[1], batches[2])
-    assert odd.optimizer._ahead is None and odd.optimizer._worker is None
+    batches = [odd._batch(idx) for idx in odd.epoch_order(0)[:3]]
+    for batch in look_ahead(odd.optimizer, batches):
+        odd.train_step(batch)
+        assert odd.optimizer._ahead is None and odd.optimizer._worker is None
 
 
 def test_checkpoint_and_resume_while_overlapping(ag_news_small: Path, prepared, tmp_path: Path) -> None:
@@ -107,18 +109,18 @@ def test_rows_ahead_are_the_tables_rows_after_the_step() -> None:
     torch.manual_seed(0)
     emb = nn.Embedding(1000, 16, padding_idx=0, sparse=True)
     opt = optim.AdamW(emb.parameters(), lr=1e-2, weight_decay=0.1, fused=True, overlap=emb)
-    batches = [torch.randint(0, 1000, (8, 12)) for _ in range(4)]
-    for tokens, following in zip(batches, batches[1:]):
-        with opt.embedding_ahead(tokens) as local:
-            emb(local).pow(2).sum().backward()
-        opt.step(next_tokens=following)
-    assert opt._ahead is not None and opt._ahead.tokens is batches[-1]
-    ids, local, values = opt._ahead.ids, opt._ahead.local, opt._ahead.values
-    opt.wait()
-    assert torch.equal(ids[local], batches[-1])
-    assert ids[0] == 0  # <pad> keeps its id
-    assert torch.equal(values, emb.weight.detach()[ids])
-    opt.close()
+    batches = [SimpleNamespace(tokens=torch.randint(0, 1000, (8, 12))) for _ in range(4)]
+    for i, batch in enumerate(opt.look_ahead(batches)):
+        emb(batch.tokens).pow(2).sum().backward()  # (the hooks give the lookup the rows updated ahead)
+        opt.step()
+        if i == 2:
+            assert opt._ahead is not None and opt._ahead.tokens is batches[-1].tokens
+            ids, local, values = opt._ahead.ids, opt._ahead.local, opt._ahead.values
+            opt.wait()
+            assert torch.equal(ids[local], batches[-1].tokens)
+            assert ids[0] == 0  # <pad> keeps its id
+            assert torch.equal(values, emb.weight.detach()[ids])
+    assert opt._ahead is None and opt._worker is None and not emb._forward_pre_hooks  # the batches' end closed it
 
 
 def test_an_error_on_the_background_thread_reaches_the_caller() -> None:
@@ -133,7 +135,7 @@ def test_an_error_on_the_background_thread_reaches_the_caller() -> None:
 
 def test_overlap_by_default_for_small_batches_and_large_tables() -> None:
     from rnntext.cli import build_parser, config_from_args
-    from rnntext.training.trainer import overlap_pays
+    from rnntext.fast import overlap_pays
 
     class M(nn.Module):
         def __init__(self, words: int) -> None:
@@ -142,11 +144,11 @@ def test_overlap_by_default_for_small_batches_and_large_tables() -> None:
 
     cfg = RunConfig()
     cfg.train.batch_size = 16
-    assert overlap_pays(cfg, M(41_000))  # the tutorial's: 2.6M weights
-    assert not overlap_pays(cfg, M(5_000))  # a small table: its update is cheap, the step keeps both threads
+    assert overlap_pays(cfg.train, M(41_000))  # the tutorial's: 2.6M weights
+    assert not overlap_pays(cfg.train, M(5_000))  # a small table: its update is cheap, the step keeps both threads
     cfg.train.batch_size = 128
-    assert not overlap_pays(cfg, M(41_000))  # the defaults' batches want both threads
+    assert not overlap_pays(cfg.train, M(41_000))  # the defaults' batches want both threads
     cfg.train.overlap_update = True
-    assert overlap_pays(cfg, M(5_000))
+    assert overlap_pays(cfg.train, M(5_000))
     args = ["train", "--data-dir", "x", "--batch-size", "16", "--no-overlap-update"]
     assert config_from_args(build_parser().parse_args(args)).train.overlap_update is False

@@ -30,10 +30,18 @@ def history(epochs: int, valid: bool = True) -> list[dict]:
     return rows
 
 
+def _run_dir(path: Path, metrics: dict) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "metrics.json").write_text(json.dumps({"parameters": 1234, **metrics}))
+    (path / "config.json").write_text(json.dumps({"model": {"model": "gru"}}))
+    return path
+
+
 def test_training_writes_both_plots_into_the_run_directory(trained_run: Path) -> None:
-    # trained_run went through Trainer.finish(), which writes the plots beside metrics.json
+    # the command line draws them from the run directory once training has saved it
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["test"]["confusion"]
+    assert [p.name for p in write_run_plots(trained_run)] == ["curves.png", "confusion.png"]
     for name in ("curves.png", "confusion.png"):
         w, h = png_size((trained_run / name).read_bytes())
         assert w > 400 and h > 300
@@ -65,13 +73,31 @@ def test_without_matplotlib_plots_are_skipped_with_one_line(tmp_path: Path, monk
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
     lines: list[str] = []
-    written = write_run_plots(tmp_path, {"epochs": history(2), "test": {"confusion": [[1, 0], [0, 1]],
-                                                                         "labels": ["a", "b"]}}, log=lines.append)
-    assert written == [] and list(tmp_path.iterdir()) == []
+    run = _run_dir(tmp_path / "run", {"epochs": history(2), "test": {"confusion": [[1, 0], [0, 1]],
+                                                                      "labels": ["a", "b"]}})
+    written = write_run_plots(run, log=lines.append)
+    assert written == [] and sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json"]
     assert len(lines) == 1 and "matplotlib is not installed" in lines[0]
 
 
 def test_only_the_curves_without_a_test_set(tmp_path: Path) -> None:
-    written = write_run_plots(tmp_path, {"epochs": history(2)})
+    run = _run_dir(tmp_path, {"epochs": history(2)})
+    written = write_run_plots(run)
     assert [p.name for p in written] == ["curves.png"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "curves.png", "metrics.json"]
+
+
+def test_many_classes_get_no_confusion_plot_and_a_log_line(tmp_path: Path) -> None:
+    n = 200  # a 200 x 200 confusion plot took 7.6 GB once; now it is not drawn
+    run = _run_dir(tmp_path, {"epochs": history(2), "test": {"confusion": [[0] * n for _ in range(n)],
+                                                             "labels": [f"c{i}" for i in range(n)]}})
+    lines: list[str] = []
+    assert [p.name for p in write_run_plots(run, log=lines.append)] == ["curves.png"]
+    assert len(lines) == 1 and "confusion plot skipped: 200 classes" in lines[0]
+
+
+def test_a_broken_plot_never_fails_the_run(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path, {"epochs": [{"epoch": "one"}]})  # not a history a plot can draw
+    lines: list[str] = []
+    assert write_run_plots(run, log=lines.append) == []
+    assert len(lines) == 1 and lines[0].startswith("plots skipped:")

@@ -25,6 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import terminal_sigint
 from rnntext.training.checkpoint import checkpoint_dir, has_checkpoint, load_checkpoint, manifest_path
 from rnntext.training.rundir import load_run
 
@@ -196,7 +197,8 @@ def test_ctrl_c_saves_a_checkpoint_prints_the_resume_command_and_resume_finishes
     err = root / "ctrl-c.err"
     with open(err, "w") as f:
         proc = subprocess.Popen([sys.executable, "-m", "rnntext", *_train_argv(reference["data"], run)],
-                                stdout=subprocess.PIPE, stderr=f, text=True)
+                                stdout=subprocess.PIPE, stderr=f, text=True,
+                                preexec_fn=terminal_sigint)  # Ctrl-C as from a terminal: see conftest.py
     _wait_for_line(err, "model:", proc)
     _wait_for_step(_PopenAlive(proc), run, 5)
     proc.send_signal(signal.SIGINT)
@@ -241,12 +243,13 @@ class _PopenAlive:
     {"model": "rnn", "bidirectional": False, "pooling": "mean"},
     {"model": "bag"},
 ])
-def test_every_model_resumes_bit_identically_after_ctrl_c_mid_epoch(tmp_path: Path, model: dict[str, Any]) -> None:
-    """In-process: a real SIGINT at step 7 (mid-epoch 1 of 2), then resume(), equals one straight run."""
+def test_every_model_resumes_bit_identically_after_ctrl_c_mid_epoch(
+        tmp_path: Path, model: dict[str, Any], sigint_handler: None) -> None:
+    """In-process: a real SIGINT at step 7 (mid-epoch 1 of 2), then resume(), equals one straight run.
+    `sigint_handler`: SIGINT is handled even where pytest inherited it ignored (see conftest.py)."""
     from rnntext.config import RunConfig
     from rnntext.errors import TrainingInterrupted
-    from rnntext.training import resume, train
-    from rnntext.training.trainer import Trainer
+    from rnntext.training.trainer import Trainer, resume, train
 
     train_csv, test_csv = _write_data(tmp_path / "data", seed=3)
     cfg = RunConfig()
@@ -257,8 +260,8 @@ def test_every_model_resumes_bit_identically_after_ctrl_c_mid_epoch(tmp_path: Pa
     quiet = {"progress": False, "log": lambda s: None}
 
     class CtrlCAtStep7(Trainer):
-        def train_step(self, batch, next_batch=None):
-            out = super().train_step(batch, next_batch)
+        def train_step(self, batch):
+            out = super().train_step(batch)
             if self.global_step + 1 == 7:
                 signal.raise_signal(signal.SIGINT)  # handled by the trainer: finish the step, checkpoint, stop
             return out

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from live_server import live_server
 from rnntext.cli import main
-from rnntext.serving import Predictor
+from rnntext.inference.predictor import Predictor
 from rnntext.serving.server import Limits, MicroBatcher, create_app, is_loopback
 
 HEADLINES = [

@@ -18,8 +18,8 @@ from rnntext.config import DataConfig
 from rnntext.data import load_splits, prepare
 from rnntext.data.ag_news import CLASSES
 from rnntext.errors import ConfigError, DataError
-from rnntext.training import load_run, train
-from rnntext.training.trainer import Trainer
+from rnntext.training.rundir import load_run
+from rnntext.training.trainer import Trainer, train
 
 TIMING_KEYS = {"seconds", "rows_per_second", "train_seconds", "data_seconds", "total_seconds"}
 
@@ -74,7 +74,7 @@ def test_run_directory_contents(ag_runs: tuple[Path, Path]) -> None:
     assert metrics["best_epoch"] == best["epoch"]
     assert {"accuracy", "macro_f1", "per_class", "confusion"} <= set(metrics["test"])
     # the saved weights are the best epoch's: evaluating them gives the saved test metrics
-    from rnntext.training.evaluate import evaluate_run
+    from rnntext.inference.evaluate import evaluate_run
 
     assert evaluate_run(run_dir, device="cpu", threads=1)["accuracy"] == metrics["test"]["accuracy"]
 
@@ -92,9 +92,9 @@ class _CountingTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.batches: list[int] = []
 
-    def train_step(self, batch, next_batch=None):
+    def train_step(self, batch):
         self.batches.append(len(batch))
-        return super().train_step(batch, next_batch)
+        return super().train_step(batch)
 
 
 def test_epoch_size_cuts_epochs(ag_news_small: Path) -> None:

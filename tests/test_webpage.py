@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from live_server import live_server
-from rnntext.serving import Predictor
+from rnntext.inference.predictor import Predictor
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

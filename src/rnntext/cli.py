@@ -268,8 +268,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
     result = train(cfg, args.out, progress=not args.quiet)
-    if args.out is not None:
-        _write_plots(args.out)
     return _print_result(result, args)
 
 
@@ -283,9 +281,6 @@ def cmd_train_ensemble(cfg: Any, args: argparse.Namespace) -> int:
     if args.out is not None:
         for k in range(args.ensemble):
             _write_plots(os.path.join(args.out, f"member-{k}"))
-    if args.out is not None:
-        for k in range(args.ensemble):
-            _write_plots(os.path.join(args.out, f"member-{k}"))
     if args.json:
         print(json.dumps(metrics, indent=2))
     elif "test" in metrics:
@@ -293,16 +288,10 @@ def cmd_train_ensemble(cfg: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_plots(run_dir: str) -> None:
-    from .report.plots import write_run_plots  # matplotlib, when installed, only now
-
-    write_run_plots(run_dir, log=lambda s: print(s, file=sys.stderr))
-
-
 def _print_result(result: Any, args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":  # a distributed run reports once, from rank 0
         return 0
-    if result.run_dir is not None:
+    if result.run_dir is not None:  # (also after --resume)
         _write_plots(result.run_dir)
     if args.json:
         print(json.dumps(result.metrics, indent=2))

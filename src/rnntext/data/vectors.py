@@ -25,16 +25,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 
-from ..config import RunConfig
 from ..errors import DataError
 from .vocab import PAD_ID, Vocab
-
-if TYPE_CHECKING:
-    from .dataset import Prepared
 
 GLOVE, WORD2VEC, WORD2VEC_BINARY = "glove", "word2vec", "word2vec-binary"
 FORMAT_NAMES = {GLOVE: "GloVe text", WORD2VEC: "word2vec/fastText text", WORD2VEC_BINARY: "word2vec binary"}
@@ -408,7 +404,7 @@ def extend_vocab(vocab: Vocab, path: str | Path, top: int, max_size: int | None 
     return Vocab(itos)
 
 
-# --- the Trainer's hook ------------------------------------------------------------------------------
+# --- vectors for a vocabulary ------------------------------------------------------------------------
 
 
 @dataclass
@@ -434,33 +430,6 @@ def load_pretrained(path: str | Path, vocab: Vocab, train_tokens: np.ndarray | N
     return Pretrained(embedding_matrix(lookup, seed), lookup, coverage(lookup, train_tokens))
 
 
-def copy_into(model: object, weight: np.ndarray, freeze: bool) -> None:
-    """Copy `weight` into `model.embedding` (Embedding or EmbeddingBag); freeze it if asked."""
-    import torch
-
-    emb = model.embedding  # type: ignore[attr-defined]
-    if tuple(emb.weight.shape) != weight.shape:
-        raise ValueError(f"embedding is {tuple(emb.weight.shape)}, the vectors are {weight.shape}")
-    with torch.no_grad():
-        emb.weight.copy_(torch.from_numpy(weight))
-    emb.weight.requires_grad_(not freeze)
-
-
-def embeddings_for_run(cfg: RunConfig, prepared: Prepared, log: Callable[[str], None]) -> Pretrained | None:
-    """The Trainer's hook: with `cfg.data.embeddings`, load the vectors for the vocabulary, set
-    `cfg.model.embed_dim` to their dimension and log the coverage; None without."""
-    d = cfg.data
-    if not d.embeddings:
-        return None
-    pre = load_pretrained(d.embeddings, prepared.vocab, prepared.train.tokens.numpy(),
-                          lowercase=d.embeddings_lowercase, seed=cfg.train.seed)
-    if cfg.model.embed_dim != pre.lookup.dim:
-        log(f"embed_dim {cfg.model.embed_dim} -> {pre.lookup.dim}, the dimension of the vectors")
-        cfg.model.embed_dim = pre.lookup.dim
-    log(describe(pre.lookup, pre.coverage) + ("; frozen" if cfg.model.freeze_embeddings else "; tuned"))
-    return pre
-
-
 def read_head_words(path: str | Path, n: int) -> list[str]:
     """The first `n` words of a vector file (for inspection and tests)."""
     out: list[str] = []
@@ -472,6 +441,6 @@ def read_head_words(path: str | Path, n: int) -> list[str]:
     return out
 
 
-__all__ = ["GLOVE", "WORD2VEC", "WORD2VEC_BINARY", "Lookup", "Pretrained", "VectorFileInfo", "copy_into",
-           "coverage", "describe", "embedding_matrix", "embeddings_for_run", "extend_vocab", "inspect_vectors",
+__all__ = ["GLOVE", "WORD2VEC", "WORD2VEC_BINARY", "Lookup", "Pretrained", "VectorFileInfo",
+           "coverage", "describe", "embedding_matrix", "extend_vocab", "inspect_vectors",
            "load_pretrained", "load_vectors", "open_vector_file", "read_head_words"]

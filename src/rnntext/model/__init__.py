@@ -1,5 +1,8 @@
-"""Models: the recurrent classifier and the EmbeddingBag baseline."""
+"""Models: the interface (base.TextClassifier), the registry from `--model NAME` to class, and the
+families: recurrent (rnn, lstm, gru), bag (EmbeddingBag baseline), cnn (Kim 2014)."""
 
-from .recurrent import BagClassifier, RecurrentClassifier, build_model, uses_flat_batches
+from __future__ import annotations
 
-__all__ = ["BagClassifier", "RecurrentClassifier", "build_model", "uses_flat_batches"]
+from .registry import batch_layout, build_model, model_class, model_names
+
+__all__ = ["batch_layout", "build_model", "model_class", "model_names"]

@@ -8,18 +8,14 @@ the same logits for the same weights."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..config import ModelConfig
+from .base import TextClassifier
 
 CELL_CLASSES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-_GRU_TABLE_BYTES = 256 * 2**20  # the largest input-projection table a GRU builds for inference
-_GRU_TABLE_MIN_BATCH = 32  # the smallest batch that uses it (measured: 1-8 texts are faster with nn.GRU)
 
 
 def reverse_within_length(x: Tensor, lengths: Tensor) -> Tensor:
@@ -34,7 +30,9 @@ def reverse_within_length(x: Tensor, lengths: Tensor) -> Tensor:
     return x.gather(1, index)
 
 
-class RecurrentClassifier(nn.Module):
+class RecurrentClassifier(TextClassifier):
+    """Embedding -> recurrent layers (one module per layer and direction) -> pooling -> dropout -> linear."""
+
     def __init__(self, vocab_size: int, num_classes: int, cell: str = "lstm", embed_dim: int = 64,
                  hidden_dim: int = 32, num_layers: int = 1, bidirectional: bool = False,
                  dropout: float = 0.0, embed_dropout: float = 0.0, pooling: str = "last",
@@ -48,8 +46,7 @@ class RecurrentClassifier(nn.Module):
         # unless told to pack on the CPU too.
         self.pack_on_cpu = pack_on_cpu
         self.hidden_dim = hidden_dim
-        self.tables_on = False  # see inference_tables()
-        self._gru_table_cache: tuple[tuple, list[tuple[Tensor, Tensor, Tensor]]] | None = None
+        self.num_classes = num_classes
         self.directions = 2 if bidirectional else 1
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
         self.embed_dropout = nn.Dropout(embed_dropout)
@@ -81,119 +78,19 @@ class RecurrentClassifier(nn.Module):
         out = module(packed)[0]
         return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
 
-    @contextmanager
-    def inference_tables(self) -> Iterator[None]:
-        """Inside: inference may precompute tables from the weights (_gru_tables) and reuse them
-        until the block ends. (A model loaded only to predict sets `tables_on` for good.)"""
-        before = self.tables_on
-        self.tables_on = True
-        try:
-            yield
-        finally:
-            self.tables_on = before
-            if not before:
-                self._gru_table_cache = None
-
-    def _gru_tables(self, device: torch.device) -> list[tuple[Tensor, Tensor, Tensor]] | None:
-        """For inference on a CPU with a GRU, per direction of the first layer: the input projection
-        of every vocabulary word, W_ih e + b_ih ([vocab, 3 * hidden]), so that a batch gathers rows
-        instead of multiplying [B * T, embed] by [embed, 3 * hidden] (a third of a prediction's time);
-        and W_hh, b_hh. The new-gate parts are doubled for tanh(x) = 2 sigmoid(2x) - 1 (torch's tanh
-        costs a CPU several times its sigmoid; doubling is exact). Only inside inference_tables():
-        torch's fused AdamW changes weights without bumping their version counters, so a cache that
-        outlived a training step could not tell (the versions in the key catch copy_ and the like).
-        None where this does not apply or the tables are too big."""
-        if not self.tables_on or self.training or torch.is_grad_enabled() or not self._gru_tables_fit(device):
-            return None
-        mods = list(self.layers[0])
-        weight = self.embedding.weight
-        key = tuple((t.data_ptr(), t._version) for t in (weight, *(p for m in mods for p in m.parameters())))
-        if self._gru_table_cache is None or self._gru_table_cache[0] != key:
-            H = self.hidden_dim
-            scale = torch.ones(3 * H, dtype=weight.dtype)
-            scale[2 * H:] = 2.0
-            tables = [(torch.addmm(m.bias_ih_l0, weight, m.weight_ih_l0.t()) * scale,
-                       (m.weight_hh_l0 * scale[:, None]).t().contiguous(), m.bias_hh_l0 * scale) for m in mods]
-            self._gru_table_cache = (key, tables)
-        return self._gru_table_cache[1]
-
-    def _gru_tables_fit(self, device: torch.device) -> bool:
-        """Whether inference on `device` can run the first layer from _gru_tables."""
-        weight = self.embedding.weight
-        return (self.cell == "gru" and device.type == "cpu" and not self.packs_on(device)
-                and weight.shape[0] * 3 * self.hidden_dim * self.directions * weight.element_size() <= _GRU_TABLE_BYTES)
-
-    def prediction_batch(self, device: torch.device) -> int:
-        """Texts per batch that predict fastest on `device`. Measured on 2 CPU cores: a one-layer GRU's
-        own loop (forward()) predicted AG News 1.3-1.5x faster in batches of 1024 than of 256; nn.LSTM
-        and nn.RNN were 20-26% slower at 1024."""
-        return 1024 if len(self.layers) == 1 and self._gru_tables_fit(device) else 256
-
-    @staticmethod
-    def _gru_from_table(tables: tuple[Tensor, Tensor, Tensor], tokens: Tensor, lengths: Tensor,
-                        pooling: str | None) -> Tensor:
-        """nn.GRU's recurrence over a padded batch from the tables of _gru_tables. With `pooling`
-        ("last", "mean", "max" or "meanmax"), the pooled features [B, H (x2 for meanmax)], gathered
-        as the loop goes; with None, the outputs [B, T, H] (zero past each text's length).
-
-        Rows are taken longest first, so step t runs only the rows still reading (a prefix, as in a
-        packed sequence) and a finished row keeps its last state. Every per-step tensor lives in a
-        buffer allocated once: fresh ones cost page faults on first touch, as much again as the
-        arithmetic at this size."""
-        table, w_hh, b_hh = tables
-        B, T = tokens.shape
-        H = w_hh.shape[0]
-        order = torch.argsort(lengths, descending=True, stable=True)
-        steps = tokens[order].t().contiguous()  # [T, B]
-        active = (lengths[order][None, :] > torch.arange(T)[:, None]).sum(1).tolist()  # rows reading at t
-        x, gh, n = table.new_empty(B, 3 * H), table.new_empty(B, 3 * H), table.new_empty(B, H)
-        h = table.new_zeros(B, H)
-        out = table.new_zeros(T, B, H) if pooling is None else None
-        total = table.new_zeros(B, H) if pooling in ("mean", "meanmax") else None
-        peak = table.new_full((B, H), float("-inf")) if pooling in ("max", "meanmax") else None
-        for t, k in enumerate(active):
-            hk, xk, ghk = h[:k], x[:k], gh[:k]
-            torch.index_select(table, 0, steps[t, :k], out=xk)
-            torch.addmm(b_hh, hk, w_hh, out=ghk)
-            rz = ghk[:, : 2 * H].add_(xk[:, : 2 * H]).sigmoid_()
-            # tanh(x_n + r * gh_n) = 2 sigmoid(2 x_n + r * 2 gh_n) - 1 (the tables hold 2 x_n, 2 gh_n)
-            nk = torch.addcmul(xk[:, 2 * H:], rz[:, :H], ghk[:, 2 * H:], out=n[:k]).sigmoid_().mul_(2).sub_(1)
-            torch.lerp(nk, hk, rz[:, H:], out=hk)  # n + z (h - n) = (1 - z) n + z h
-            if out is not None:
-                out[t, :k] = hk
-            if total is not None:
-                total[:k] += hk
-            if peak is not None:
-                torch.maximum(peak[:k], hk, out=peak[:k])
-        if out is not None:
-            result = out.transpose(0, 1)
-        else:
-            if total is not None:
-                total /= lengths[order][:, None].to(total.dtype)
-            result = torch.cat([h] if pooling == "last" else [p for p in (total, peak) if p is not None], dim=1)
-        restored = torch.empty_like(result)
-        restored[order] = result
-        return restored
-
-    def directions_out(self, tokens: Tensor, lengths: Tensor) -> list[Tensor]:
+    def directions_out(self, tokens: Tensor, lengths: Tensor, first: list[Tensor] | None = None) -> list[Tensor]:
         """Outputs of the last layer, one [B, T, hidden] tensor per direction, each in its own
         reading order: step t of the backward direction is token len-1-t. Pooling reads them so,
-        without reversing the backward outputs back (mean and max do not depend on the order)."""
-        tables = self._first_layer_tables(tokens)
-        if tables is not None:  # inference with a GRU: the first layer gathers its input projections
-            outs = [self._gru_from_table(tab, tok, lengths, None)
-                    for tab, tok in zip(tables, self._reading(tokens, lengths))]
-        else:
-            outs = self._layer(0, self.embed_dropout(self.embedding(tokens)), tokens, lengths)
+        without reversing the backward outputs back (mean and max do not depend on the order).
+        `first`: the first layer's outputs in that form, computed elsewhere (an inference fast path)."""
+        if first is None:
+            first = self._layer(0, self.embed_dropout(self.embedding(tokens)), tokens, lengths)
+        outs = first
         for i in range(1, len(self.layers)):
             outs = self._layer(i, self.dropout(self._text_order(outs, lengths)), tokens, lengths)
         return outs
 
-    def _first_layer_tables(self, tokens: Tensor) -> list[tuple[Tensor, Tensor, Tensor]] | None:
-        # below ~32 texts the table path's per-step Python costs more than the projection it saves
-        return self._gru_tables(tokens.device) if tokens.shape[0] >= _GRU_TABLE_MIN_BATCH else None
-
-    def _reading(self, tokens: Tensor, lengths: Tensor) -> list[Tensor]:
+    def reading(self, tokens: Tensor, lengths: Tensor) -> list[Tensor]:
         """The tokens in each direction's reading order."""
         return [tokens, reverse_within_length(tokens, lengths)][: self.directions]
 
@@ -248,48 +145,16 @@ class RecurrentClassifier(nn.Module):
             pooled += [o.masked_fill(~mask, float("-inf")).max(1).values for o in outs]
         return pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=1)
 
-    def forward(self, tokens: Tensor, lengths: Tensor, offsets: Tensor | None = None) -> Tensor:
-        tables = self._first_layer_tables(tokens) if len(self.layers) == 1 else None
-        if tables is not None:  # inference with a one-layer GRU: pooled as the recurrence goes
-            pooled = [self._gru_from_table(tab, tok, lengths, self.pooling)
-                      for tab, tok in zip(tables, self._reading(tokens, lengths))]
-            # [pooling 1: forward, backward | pooling 2: forward, backward], as pool_directions lays them out
-            parts = [p.split(self.hidden_dim, dim=1) for p in pooled]
-            features = torch.cat([part[i] for i in range(len(parts[0])) for part in parts], dim=1)
-        else:
-            features = self.pool_directions(self.directions_out(tokens, lengths), lengths)
+    def classify(self, features: Tensor) -> Tensor:
+        """Logits from pooled features [B, features]."""
         return self.fc(self.dropout(features))
 
-
-class BagClassifier(nn.Module):
-    """Mean of word embeddings (nn.EmbeddingBag) and a linear layer: the fast baseline."""
-
-    packed = False
-
-    def __init__(self, vocab_size: int, num_classes: int, embed_dim: int = 64, dropout: float = 0.0,
-                 padding_idx: int = 0):
-        super().__init__()
-        self.embedding = nn.EmbeddingBag(vocab_size, embed_dim, mode="mean", padding_idx=padding_idx)
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(embed_dim, num_classes)
-        nn.init.uniform_(self.embedding.weight, -0.5, 0.5)
-        with torch.no_grad():
-            self.embedding.weight[padding_idx].zero_()
-
     def forward(self, tokens: Tensor, lengths: Tensor, offsets: Tensor | None = None) -> Tensor:
-        return self.fc(self.dropout(self.embedding(tokens, offsets)))
+        return self.classify(self.pool_directions(self.directions_out(tokens, lengths), lengths))
 
-
-def build_model(cfg: ModelConfig) -> nn.Module:
-    if cfg.model == "bag":
-        return BagClassifier(cfg.vocab_size, cfg.num_classes, cfg.embed_dim, cfg.dropout, cfg.padding_idx)
-    return RecurrentClassifier(
-        cfg.vocab_size, cfg.num_classes, cell=cfg.model, embed_dim=cfg.embed_dim,
-        hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers, bidirectional=cfg.bidirectional,
-        dropout=cfg.dropout, embed_dropout=cfg.embed_dropout, pooling=cfg.pooling,
-        packed=cfg.packed, padding_idx=cfg.padding_idx, pack_on_cpu=cfg.pack_on_cpu,
-    )
-
-
-def uses_flat_batches(cfg: ModelConfig) -> bool:
-    return cfg.model == "bag"
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> RecurrentClassifier:
+        return cls(cfg.vocab_size, cfg.num_classes, cell=cfg.model, embed_dim=cfg.embed_dim,
+                   hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers, bidirectional=cfg.bidirectional,
+                   dropout=cfg.dropout, embed_dropout=cfg.embed_dropout, pooling=cfg.pooling,
+                   packed=cfg.packed, padding_idx=cfg.padding_idx, pack_on_cpu=cfg.pack_on_cpu)

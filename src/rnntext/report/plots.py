@@ -7,6 +7,7 @@ the Agg backend (no display needed), so training works without it."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -127,21 +128,34 @@ def render_scatter(points: Sequence[dict[str, Any]], ylabel: str = "test accurac
     return _png(fig)
 
 
-def write_run_plots(run_dir: str | Path, metrics: dict[str, Any], title: str | None = None,
-                    log: Callable[[str], None] | None = None) -> list[Path]:
-    """Write curves.png (from metrics["epochs"]) and confusion.png (from metrics["test"]) into
-    `run_dir`; without matplotlib, say so in one log line and write nothing."""
+MAX_CONFUSION_CLASSES = 50  # beyond this a confusion plot neither fits a page nor a reasonable amount of memory
+
+
+def write_run_plots(run_dir: str | Path, log: Callable[[str], None] | None = None) -> list[Path]:
+    """Write curves.png (from metrics.json's epochs) and confusion.png (its test metrics) into the run
+    directory `run_dir`. A plot never costs the run: without matplotlib, with too many classes for a
+    confusion plot, or on any error, one log line says so and nothing more is written."""
+    say = log or (lambda s: None)
     if not have_matplotlib():
-        if log:
-            log("plots skipped: matplotlib is not installed (pip install 'rnntext[plots]')")
+        say("plots skipped: matplotlib is not installed (pip install 'rnntext[plots]')")
         return []
     run_dir = Path(run_dir)
     written = []
-    if metrics.get("epochs"):
-        atomic_write_bytes(run_dir / CURVES, render_curves(metrics["epochs"], title))
-        written.append(run_dir / CURVES)
-    test = metrics.get("test")
-    if test and test.get("confusion"):
-        atomic_write_bytes(run_dir / CONFUSION, render_confusion(test["confusion"], test["labels"]))
-        written.append(run_dir / CONFUSION)
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        title = f"{config['model']['model']}, {metrics.get('parameters', 0):,} parameters"
+        if metrics.get("epochs"):
+            atomic_write_bytes(run_dir / CURVES, render_curves(metrics["epochs"], title))
+            written.append(run_dir / CURVES)
+        test = metrics.get("test")
+        if test and test.get("confusion"):
+            if len(test["labels"]) > MAX_CONFUSION_CLASSES:
+                say(f"confusion plot skipped: {len(test['labels'])} classes (at most {MAX_CONFUSION_CLASSES} are "
+                    "drawn; metrics.json has the matrix)")
+            else:
+                atomic_write_bytes(run_dir / CONFUSION, render_confusion(test["confusion"], test["labels"]))
+                written.append(run_dir / CONFUSION)
+    except Exception as e:  # noqa: BLE001 - the run is saved; a plot must not fail it
+        say(f"plots skipped: {type(e).__name__}: {e}")
     return written

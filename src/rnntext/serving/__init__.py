@@ -1,5 +1,1 @@
-"""Serving: prediction from a run directory (and the HTTP server)."""
-
-from .predictor import Prediction, Predictor, load
-
-__all__ = ["Prediction", "Predictor", "load"]
+"""Serving: the HTTP API and web page (server.py) over an inference.Predictor."""

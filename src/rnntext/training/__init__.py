@@ -1,8 +1,6 @@
-"""Training: the loop, metrics and the run directory."""
+"""Training: the loop (trainer), device choice, logits and metrics, run directories, checkpoints and
+resume, distributed data parallel, ensembles."""
 
-from .metrics import classification_report, format_report
-from .rundir import Run, load_run, save_run
-from .trainer import TrainResult, evaluate_encoded, predict_logits, resume, train
+from .trainer import TrainResult, resume, train
 
-__all__ = ["Run", "TrainResult", "classification_report", "evaluate_encoded", "format_report",
-           "load_run", "predict_logits", "resume", "save_run", "train"]
+__all__ = ["TrainResult", "resume", "train"]

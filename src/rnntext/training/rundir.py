@@ -22,6 +22,7 @@ from ..data.vocab import Vocab
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..model import build_model
+from ..model.base import TextClassifier
 
 CONFIG, VOCAB, LABELS = "config.json", "vocab.json", "labels.json"
 WEIGHTS, METRICS = "model.safetensors", "metrics.json"
@@ -35,7 +36,7 @@ class Run:
     config: RunConfig
     vocab: Vocab
     label_names: list[str]
-    model: nn.Module
+    model: TextClassifier
 
     @property
     def tokenizer(self) -> Tokenizer:

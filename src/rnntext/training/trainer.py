@@ -1,11 +1,12 @@
-"""Training, top to bottom: prepare data -> build model -> Adam + LR schedule -> epochs over
-length-bucketed batches -> validate each epoch, keep the best weights -> test -> run directory."""
+"""Training, top to bottom: prepare data -> build model -> AdamW + LR schedule -> epochs over
+length-bucketed batches -> validate each epoch, keep the best weights -> test -> run directory.
+
+The trainer talks to models through their interface (model/base.py) and gets its optimiser and
+inference forward from rnntext.fast, which decides whether a CPU fast path applies."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
 import random
 import sys
 import time
@@ -16,41 +17,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from .. import fast
 from ..config import RunConfig
-from ..data import Batch, Encoded, Prepared, epoch_batches, eval_batches, make_batch, padded_batches, prepare
-from ..data.vectors import copy_into, embeddings_for_run
+from ..data import Batch, Encoded, Prepared, epoch_batches, make_batch, padded_batches, prepare
+from ..data.vectors import Pretrained, describe, load_pretrained
 from ..errors import CheckpointError, TrainingInterrupted
-from ..model import build_model, uses_flat_batches
+from ..model import build_model
+from ..model.base import TextClassifier
 from . import checkpoint as ckpt_io
-from . import distributed, optim
+from . import distributed
+from .device import resolve_device, set_threads
+from .logits import predict_logits
 from .metrics import classification_report
 from .rundir import save_run, state_to_cpu
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from ..errors import ConfigError
-
-        raise ConfigError("--device cuda asked for, but no CUDA GPU is available")
-    return device
-
-
-def set_threads(threads: int | None) -> None:
-    if threads is not None and threads < 1:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads or os.cpu_count() or 1)
 
 
 def seed_everything(seed: int) -> None:
@@ -58,26 +39,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@torch.inference_mode()
-def predict_logits(model: nn.Module, data: Encoded, flat: bool, device: torch.device,
-                   batch_size: int = 512, max_tokens: int | None = None) -> Tensor:
-    """Logits for every row of `data`, in its original order (batches sorted by length; see eval_batches)."""
-    was_training = model.training
-    model.eval()
-    out = torch.empty(len(data), model.fc.out_features)
-    tables = getattr(model, "inference_tables", None)  # a GRU precomputes its input projections
-    with tables() if tables is not None else contextlib.nullcontext():
-        for idx in eval_batches(data.lengths, batch_size, max_tokens):
-            b = make_batch(data, idx, flat).to(device)
-            out[idx] = model(b.tokens, b.lengths, b.offsets).float().cpu()
-    model.train(was_training)
-    return out
-
-
-def evaluate_encoded(model: nn.Module, data: Encoded, label_names: list[str], flat: bool,
-                     device: torch.device, dist: distributed.DistContext | None = None) -> dict[str, Any]:
+def evaluate_encoded(model: TextClassifier, data: Encoded, label_names: list[str], device: torch.device,
+                     dist: distributed.DistContext | None = None) -> dict[str, Any]:
     """Metrics of `model` on `data`; with a distributed `dist`, every rank predicts its share of the rows."""
-    predict = lambda d: predict_logits(model, d, flat, device).argmax(1)  # noqa: E731
+    predict = lambda d: predict_logits(model, d, device).argmax(1)  # noqa: E731
     pred = dist.predict_sharded(data, predict) if dist is not None else predict(data)
     return classification_report(data.labels, pred, label_names)
 
@@ -86,7 +51,7 @@ def evaluate_encoded(model: nn.Module, data: Encoded, label_names: list[str], fl
 class TrainResult:
     config: RunConfig
     prepared: Prepared
-    model: nn.Module
+    model: TextClassifier
     metrics: dict[str, Any] = field(default_factory=dict)
     run_dir: str | None = None
 
@@ -101,15 +66,18 @@ def make_schedule(cfg: RunConfig, optimizer: torch.optim.Optimizer, total_steps:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
-def overlap_pays(cfg: RunConfig, model: nn.Module) -> bool:
-    """--overlap-update, or where it is left open, whether it pays. It moves the embedding's update (a
-    pass over the whole table) to a second thread and leaves the rest of the step one thread: that wins
-    where the two are comparable. Measured on 2 cores (benchmarks/throughput.py and A/B runs): +7-20%
-    at batch 16 (the tutorial's LSTM and RNN, 41k x 64) and +12% at batch 32 (bi-GRU 64); -13 to -26% at
-    batch 64 (LSTM; EmbeddingBag) and at the defaults' batch 128."""
-    if cfg.train.overlap_update is not None:
-        return cfg.train.overlap_update
-    return cfg.train.batch_size <= 32 and model.embedding.weight.numel() >= 1_000_000
+def pretrained_embeddings(cfg: RunConfig, prepared: Prepared, log: Callable[[str], None]) -> Pretrained | None:
+    """With --embeddings, the vectors for the vocabulary (their dimension becomes cfg.model.embed_dim)."""
+    d = cfg.data
+    if not d.embeddings:
+        return None
+    pre = load_pretrained(d.embeddings, prepared.vocab, prepared.train.tokens.numpy(),
+                          lowercase=d.embeddings_lowercase, seed=cfg.train.seed)
+    if cfg.model.embed_dim != pre.lookup.dim:
+        log(f"embed_dim {cfg.model.embed_dim} -> {pre.lookup.dim}, the dimension of the vectors")
+        cfg.model.embed_dim = pre.lookup.dim
+    log(describe(pre.lookup, pre.coverage) + ("; frozen" if cfg.model.freeze_embeddings else "; tuned"))
+    return pre
 
 
 class Trainer:
@@ -144,30 +112,18 @@ class Trainer:
             self.log(f"skipped {n} bad rows in {path}")
 
         # --- model, optimiser, schedule
-        self.embeddings = embeddings_for_run(cfg, p, self.log)  # --embeddings: sets embed_dim from the file
+        self.embeddings = pretrained_embeddings(cfg, p, self.log)  # --embeddings: sets embed_dim from the file
         seed_everything(cfg.train.seed)
         self.model = build_model(cfg.model).to(self.device)
         if self.embeddings is not None:  # before DDP wraps the model: it must see frozen weights as such
-            copy_into(self.model, self.embeddings.weight, cfg.model.freeze_embeddings)
+            self.model.load_embeddings(torch.from_numpy(self.embeddings.weight), cfg.model.freeze_embeddings)
         self.train_module = self.dist.wrap(self.model)  # DDP when distributed; self.model stays unprefixed
         distributed.seed_rank(cfg.train.seed, self.dist)
-        self.flat = uses_flat_batches(cfg.model)
+        self.flat = self.model.batch_layout == "flat"
         self.params = list(self.model.parameters())
         self.n_params = sum(q.numel() for q in self.params)
         self.log(f"model: {cfg.model.model}, {self.n_params:,} parameters, device {self.device}")
-        # fused: one kernel per tensor instead of ~7 passes; on a CPU a sparse embedding gradient; with
-        # --lazy-embedding only the embedding rows of a batch's words are updated (optim.py)
-        sparse = optim.use_sparse_embedding(self.model, self.device, self.dist.active)
-        self.lazy_embedding = cfg.train.lazy_embedding and sparse
-        # with 2+ threads the dense update of the (sparse-gradient) embedding can run beside the next batch
-        overlap = sparse and not self.lazy_embedding and torch.get_num_threads() >= 2 and overlap_pays(cfg, self.model)
-        self.optimizer = optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                                     fused=self.device.type in ("cpu", "cuda") or None, lazy=self.lazy_embedding,
-                                     overlap=self.model.embedding if overlap else None,
-                                     clipped=bool(cfg.train.clip))
-        if overlap:
-            self.log("optimizer: the embedding's update runs on a second thread beside the next batch "
-                     "(--no-overlap-update: one after the other, the same results)")
+        self.optimizer = fast.make_optimizer(self.model, cfg.train, self.device, self.dist.active, self.log)
         self.steps_per_epoch = len(self.epoch_order(0))
         self.schedule = make_schedule(cfg, self.optimizer, self.steps_per_epoch * cfg.train.epochs)
         if self.dist.active:
@@ -193,20 +149,17 @@ class Trainer:
         batches = self.dist.shard(epoch_batches(self.data.train.lengths, t.batch_size, t.seed, epoch, t.bucket))
         return batches[: t.epoch_size] if t.epoch_size else batches
 
-    def train_step(self, batch: Batch | Tensor, next_batch: Batch | Tensor | None = None) -> tuple[float, int, int]:
-        """One optimiser step on `batch` (or the rows of an index tensor): (summed loss, correct, rows).
-        `next_batch` lets the optimiser update the embedding ahead for it (optim.py)."""
+    def train_step(self, batch: Batch | Tensor) -> tuple[float, int, int]:
+        """One optimiser step on `batch` (or the rows of an index tensor): (summed loss, correct, rows)."""
         b = self._batch(batch)
-        with self.optimizer.embedding_ahead(b.tokens) as tokens:
-            logits = self.train_module(tokens, b.lengths, b.offsets)
-            loss = F.cross_entropy(logits, b.labels)
-            for q in self.params:  # optimizer.zero_grad(set_to_none=True) without its per-step overhead
-                q.grad = None
-            loss.backward()
+        logits = self.train_module(b.tokens, b.lengths, b.offsets)
+        loss = F.cross_entropy(logits, b.labels)
+        for q in self.params:  # optimizer.zero_grad(set_to_none=True) without its per-step overhead
+            q.grad = None
+        loss.backward()
         if self.cfg.train.clip:
-            optim.clip_grad_norm(self.model.parameters(), self.cfg.train.clip)  # sparse gradients too
-        ahead = next_batch is not None and self.optimizer.overlap is not None  # (only a CPU overlaps)
-        self.optimizer.step(next_tokens=self._batch(next_batch).tokens if ahead else None)
+            fast.clip_grad_norm(self.model.parameters(), self.cfg.train.clip)  # sparse gradients too
+        self.optimizer.step()
         self.schedule.step()
         n = len(b)
         return loss.item() * n, int((logits.argmax(1) == b.labels).sum()), n
@@ -231,11 +184,9 @@ class Trainer:
         if bar is not None:
             bar.update(self.step)
         try:
-            stream = self._batches(batches, self.step)
-            following = next(stream, None)
-            for step in range(self.step, len(batches)):
-                batch, following = following, next(stream, None)
-                loss, ok, n = self.train_step(batch, following)
+            stream = fast.look_ahead(self.optimizer, self._batches(batches, self.step))
+            for step, batch in enumerate(stream, start=self.step):
+                loss, ok, n = self.train_step(batch)
                 loss_sum, correct, seen = loss_sum + loss, correct + ok, seen + n
                 if bar is not None:
                     bar.update(1)
@@ -243,7 +194,6 @@ class Trainer:
                         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
                 self.after_step(step + 1, (loss_sum, correct, seen, before + time.perf_counter() - t0))
         finally:
-            self.optimizer.close()  # the background update finished, its thread given back
             if bar is not None:
                 bar.close()
         loss_sum, correct, seen = self.dist.sum(loss_sum, correct, seen)  # over all ranks
@@ -256,8 +206,8 @@ class Trainer:
         """Validate, log, and remember the best weights."""
         p = self.data
         if p.valid is not None:
-            row["valid_accuracy"] = evaluate_encoded(self.model, p.valid, p.label_names, self.flat,
-                                                     self.device, self.dist)["accuracy"]
+            row["valid_accuracy"] = evaluate_encoded(self.model, p.valid, p.label_names, self.device,
+                                                     self.dist)["accuracy"]
         self.history.append(row)
         self.epoch = row["epoch"]
         self.log(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
@@ -300,7 +250,7 @@ class Trainer:
 
     def make_checkpoint(self, rng: dict[str, Any] | None = None,
                         running: tuple[float, float, float, float] | None = None) -> ckpt_io.Checkpoint:
-        self.optimizer.wait()  # the embedding's update may still be running in the background
+        optimizer = self.optimizer.state_dict()  # first: it waits for an update still running (fast.look_ahead)
         if self._data_fingerprint is None:
             t = self.data.train
             self._data_fingerprint = ckpt_io.data_fingerprint(t.tokens, t.offsets, t.labels, self.data.label_names,
@@ -311,7 +261,7 @@ class Trainer:
             running={"loss_sum": loss_sum, "correct": correct, "seen": seen, "seconds": seconds},
             history=self.history, best_score=self.best_score, best_epoch=self.best_epoch,
             data=self._data_fingerprint, model=self.model.state_dict(), best=self.best_state,
-            optimizer=self.optimizer.state_dict(), schedule=self.schedule.state_dict(),
+            optimizer=optimizer, schedule=self.schedule.state_dict(),
             rng=rng if rng is not None else ckpt_io.capture_rng(), processes=self.dist.world_size)
 
     def save_checkpoint(self) -> None:
@@ -369,7 +319,7 @@ class Trainer:
         if self.embeddings is not None:
             metrics["embeddings"] = self.embeddings.summary()
         if p.test is not None:
-            metrics["test"] = evaluate_encoded(self.model, p.test, p.label_names, self.flat, self.device, self.dist)
+            metrics["test"] = evaluate_encoded(self.model, p.test, p.label_names, self.device, self.dist)
             self.log(f"test accuracy {metrics['test']['accuracy']:.4f} (best epoch {self.best_epoch}), "
                      f"macro-F1 {metrics['test']['macro_f1']:.4f}")
         metrics["total_seconds"] = time.perf_counter() - self.t_start
@@ -378,9 +328,6 @@ class Trainer:
         if self.out_dir is not None and self.dist.is_main:
             save_run(self.out_dir, self.cfg, p.vocab, p.label_names, self.best_state, metrics)
             self.log(f"saved run to {self.out_dir}")
-            from ..report.plots import write_run_plots  # lazy: matplotlib is optional
-
-            write_run_plots(self.out_dir, metrics, f"{self.cfg.model.model}, {self.n_params:,} parameters", self.log)
             if ckpt_io.has_checkpoint(self.out_dir):
                 ckpt_io.mark_finished(self.out_dir, self.make_checkpoint())
         return TrainResult(self.cfg, p, self.model, metrics, self.out_dir)

@@ -14,7 +14,8 @@ from ..data import ag_news
 from ..data.dataset import read_labelled
 from ..data.readers import Rows
 from ..errors import ConfigError, DataError
-from .metrics import classification_report
+from ..training.metrics import classification_report
+from .predictor import Predictor
 
 
 def read_eval_rows(data: DataConfig) -> Rows:
@@ -54,8 +55,6 @@ def evaluate_run(run_dir: str | Path | Sequence[str | Path], data: DataConfig | 
     `options` (test, dataset, data_dir, text_columns, label_column, skip_bad_rows, quoting) change it as in
     `evaluation_data`. Several run directories are evaluated as an ensemble (mean of their class
     probabilities) on the first one's test set."""
-    from ..serving.predictor import Predictor
-
     predictor = Predictor.load(run_dir, device, threads)
     run = predictor.run
     data = evaluation_data(data or run.config.data, **options)

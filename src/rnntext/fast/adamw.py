@@ -1,30 +1,33 @@
-"""The optimiser: fused AdamW, with the word embedding's gradient kept sparse on a CPU.
+"""CPU fast path of the optimiser: AdamW with the word embedding's gradient kept sparse.
 
 A batch touches a few hundred of the vocabulary's words, yet autograd's dense embedding gradient
-is a fresh vocabulary x embed array, zero-filled and then scattered into at every step (at the
-tutorial's configuration, 40k words and batch 16, that fill alone is ~8% of a step). On a CPU the
-embedding therefore produces a sparse gradient, and the optimiser either
+is a fresh vocabulary x embed array, zero-filled and then scattered into at every step. On a CPU
+the embedding therefore produces a sparse gradient, and the optimiser either
 - scatters it into a dense buffer it keeps, zeroing only the previous step's rows, then runs the
   usual dense fused AdamW: the same update as with autograd's dense gradient; or
 - with lazy updates (--lazy-embedding) updates only the rows of the batch's words: their moments,
   weight decay and step (LazyAdam, as in TensorFlow Addons; torch's SparseAdam without weight
   decay). Dense Adam also moves rows whose gradient is zero (their moments decay), so this is a
   different optimiser, not the same one made faster.
-On a GPU, and under DistributedDataParallel (which averages dense gradients), the gradient stays dense.
+Once every parameter has its state, a step calls torch's fused AdamW kernel directly, without
+`torch.optim.AdamW.step`'s Python around it.
 
-The dense update of a big embedding is a memory-bound pass over the whole table (at the tutorial's
-configuration ~70 MB a step, a third of the step), yet the next batch reads only a few hundred of its
-rows. With `overlap`, step() updates the whole table on a second thread while the next batch trains:
-it first computes the next batch's rows on copies (the same fused kernel, elementwise, so the same
-values), and the model reads those through `embedding_ahead()`. The result is bit-identical to the
-sequential update (tests); the wall time of the pass moves off the critical path."""
+The dense update of a big embedding is a memory-bound pass over the whole table, yet the next batch
+reads only a few hundred of its rows. With `overlap`, step() updates the whole table on a second
+thread while the next batch trains: it first computes the next batch's rows on copies (the same
+fused kernel, elementwise, so the same values), and hooks on the embedding module make the next
+forward read those rows. The result is bit-identical to the sequential update (tests); the wall
+time of the pass moves off the critical path. The trainer only passes its batches through
+`look_ahead()` so that step() knows the next batch.
+
+Everything here is reached through rnntext.fast, which checks that the private torch calls exist and
+falls back to torch.optim.AdamW otherwise."""
 
 from __future__ import annotations
 
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +43,8 @@ class _Ahead:
     ids: Tensor  # its distinct ids, sorted (<pad> first)
     local: Tensor  # the tokens renumbered into ids: ids[local] == tokens
     values: Tensor  # [len(ids), embed] the rows' new weights
+    rows: nn.Parameter | None = None  # what the forward reads in place of the table (its first lookup makes it)
+    dense: bool = False  # whether the rows take a dense gradient (decided at the first lookup)
 
 
 class _Worker:
@@ -86,7 +91,7 @@ class AdamW(torch.optim.AdamW):
     lazily to its rows only. With `overlap` (an nn.Embedding or nn.EmbeddingBag of the model), that
     embedding's dense update runs on a background thread during the next batch (module docstring);
     `clipped` says the caller clips the gradients (clip_grad_norm coalesces a sparse one), which
-    embedding_ahead() must know to sum the rows' gradient in the same order."""
+    decides how the rows read ahead take their gradient (_before_lookup)."""
 
     def __init__(self, params: Iterable[Tensor], *, lazy: bool = False, overlap: nn.Module | None = None,
                  clipped: bool = False, **kwargs: Any):
@@ -97,10 +102,29 @@ class AdamW(torch.optim.AdamW):
         self.overlap = overlap
         self._worker: _Worker | None = None
         self._ahead: _Ahead | None = None
+        self._next_tokens: Tensor | None = None  # the batch after the current one (look_ahead)
         self._threads = 0  # the main thread's torch threads while it has them all (0: it has)
-        self.clipped = clipped  # with overlap, the rows then keep a sparse gradient (embedding_ahead)
+        self.clipped = clipped
         self._lookups = 0  # how many times the last overlapped forward looked the embedding up
-        self.rows_were_dense = False  # whether they did in the last overlapped step
+        self._lookups_now = 0
+        self._swapped: tuple[Tensor, bool] | None = None  # the table and sparse flag while a lookup reads rows
+        self._hooks: list[Any] = []  # on the overlapped embedding, while updates run in the background
+        self.rows_were_dense = False  # whether the rows took a dense gradient in the last overlapped step
+
+    def look_ahead(self, batches: Iterable[Any]) -> Iterator[Any]:
+        """`batches` (objects with .tokens), unchanged; meanwhile step() learns the batch that follows
+        the one being trained, so that it can update that batch's rows ahead. When the batches end
+        (or the loop is left), the background update is finished and its thread given back."""
+        it = iter(batches)
+        try:
+            following = next(it, None)
+            while following is not None:
+                batch, following = following, next(it, None)
+                self._next_tokens = None if following is None else following.tokens
+                yield batch
+        finally:
+            self._next_tokens = None
+            self.close()
 
     def wait(self) -> None:
         """Block until the background update of the embedding (overlap) is done: call before reading
@@ -119,9 +143,12 @@ class AdamW(torch.optim.AdamW):
 
     def close(self) -> None:
         """Finish the background update, end its thread and give the main thread back the torch
-        thread it lent (the trainer calls this after each epoch, so evaluation has them all)."""
+        thread it lent (so that evaluation has them all)."""
         self.wait()
         self._ahead = None
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
         if self._worker is not None:
             self._worker.close()
             self._worker = None
@@ -129,54 +156,68 @@ class AdamW(torch.optim.AdamW):
             torch.set_num_threads(self._threads)
             self._threads = 0
 
-    @contextmanager
-    def embedding_ahead(self, tokens: Tensor) -> Iterator[Tensor]:
-        """Run the model's forward and backward inside. When the last step() was given these `tokens`
-        as next_tokens, the embedding reads the rows updated ahead (the table itself may still be
-        being updated in the background) and the block gets the tokens renumbered into those rows;
-        on exit the embedding's gradient is put back in terms of the whole table. Otherwise a no-op."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is None or ahead.tokens is not tokens or self.overlap is None:
-            self.wait()  # the model reads the table itself
-            yield tokens
-            return
-        ids, local = ahead.ids, ahead.local
-        emb = self.overlap
-        table, sparse = emb.weight, emb.sparse
-        rows = nn.Parameter(ahead.values)
-        emb._parameters["weight"] = rows  # the module reads self.weight: no copy
-        # The few rows can take a dense gradient, far cheaper for autograd than a sparse one. It sums
-        # a word's entries in token order, as densifying the sparse one does, but only within one
-        # lookup, and clipping coalesces the sparse one (another order). So a model that looks the
-        # embedding up twice (a bidirectional one reads the reversed tokens; lookups are counted) or
-        # a clipped one keeps the sparse gradient: the sums must round as without overlap.
-        dense_rows = self.rows_were_dense = not self.clipped and self._lookups == 1 and isinstance(emb, nn.Embedding)
-        emb.sparse = sparse and not dense_rows
-        calls: list[None] = []
-        counting = emb.register_forward_pre_hook(lambda *_: calls.append(None))
-        try:
-            yield local
-        finally:
-            emb._parameters["weight"], emb.sparse = table, sparse
-            counting.remove()
-            self._lookups = len(calls)
+    def _before_lookup(self, emb: nn.Module, args: tuple) -> tuple | None:
+        """Forward pre-hook of the overlapped embedding: with rows updated ahead for this batch, the
+        lookup reads them (the table itself may still be being updated in the background), with its
+        tokens renumbered into them. Otherwise it waits for the table."""
+        ahead = self._ahead
+        if ahead is None or not torch.is_grad_enabled():
+            self.wait()
+            return None
+        tokens = args[0]
+        if tokens is ahead.tokens:
+            local = ahead.local
+        else:  # another lookup of the same words (a bidirectional model reads them reversed)
+            local = torch.searchsorted(ahead.ids, tokens).clamp_(max=len(ahead.ids) - 1)
+            if not bool((ahead.ids[local] == tokens).all()):
+                raise RuntimeError("the overlapped embedding update was given the wrong next batch")
+        if ahead.rows is None:  # this step's first lookup
+            ahead.rows = nn.Parameter(ahead.values)
+            ahead.rows.register_post_accumulate_grad_hook(self._rows_grad)
+            self._lookups_now = 0
+            # The few rows can take a dense gradient, far cheaper for autograd than a sparse one. It
+            # sums a word's entries in token order, as densifying the sparse one does, but only within
+            # one lookup, and clipping coalesces the sparse one (another order). So a model that looks
+            # the embedding up twice (counted in the previous step) or a clipped one keeps the sparse
+            # gradient: the sums must round as without overlap.
+            ahead.dense = self.rows_were_dense = (not self.clipped and self._lookups == 1
+                                                  and isinstance(emb, nn.Embedding))
+        self._swapped = (emb._parameters["weight"], emb.sparse)
+        emb._parameters["weight"] = ahead.rows  # the module reads self.weight: no copy
+        emb.sparse = emb.sparse and not ahead.dense
+        self._lookups_now += 1
+        return (local, *args[1:])
+
+    def _after_lookup(self, emb: nn.Module, args: tuple, output: Tensor) -> None:
+        """Forward hook: the table is the module's weight again (autograd keeps the rows it read)."""
+        if self._swapped is not None:
+            emb._parameters["weight"], emb.sparse = self._swapped
+            self._swapped = None
+
+    def _rows_grad(self, rows: Tensor) -> None:
+        """After backward: the rows' gradient as the table's, the sparse gradient autograd would
+        have given the table (ids are sorted and distinct: a dense one becomes a coalesced one)."""
+        ahead, table = self._ahead, self.overlap.weight
         g = rows.grad
-        if g is None:
+        if ahead is None or g is None:
             return
-        if dense_rows:  # ids are sorted and distinct: a coalesced gradient (<pad>'s row is zero)
-            table.grad = torch.sparse_coo_tensor(ids.unsqueeze(0), g, table.shape, is_coalesced=True,
+        if not g.is_sparse:  # (<pad>'s row is zero)
+            table.grad = torch.sparse_coo_tensor(ahead.ids.unsqueeze(0), g, table.shape, is_coalesced=True,
                                                  check_invariants=False)
-        else:  # the sparse gradient autograd gives the table, entry for entry
-            table.grad = torch.sparse_coo_tensor(ids[g._indices()[0]].unsqueeze(0), g._values(), table.shape,
+        else:
+            table.grad = torch.sparse_coo_tensor(ahead.ids[g._indices()[0]].unsqueeze(0), g._values(), table.shape,
                                                  check_invariants=False)
+        rows.grad = None
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None,  # type: ignore[override]
-             next_tokens: Tensor | None = None) -> float | None:
-        """One update. `next_tokens`: the next batch's tokens; with `overlap`, the embedding's update
-        then runs on the background thread, its rows for next_tokens first."""
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One update. With `overlap` and a next batch (look_ahead), the embedding's update runs on
+        the background thread, its rows for the next batch first."""
         self.wait()
+        if self._ahead is not None and self._ahead.rows is not None:
+            self._lookups = self._lookups_now  # lookups of the forward that read the rows ahead
         self._ahead = None
+        next_tokens = self._next_tokens
         table = self._overlap_param(next_tokens) if closure is None else None
         if table is not None and self._can_call_fused(skip=table):  # (table: next_tokens was given)
             self._start_background(table, next_tokens)  # first: the next forward waits for its rows
@@ -254,6 +295,9 @@ class AdamW(torch.optim.AdamW):
         the kernel is elementwise)."""
         if self._worker is None:
             self._worker = _Worker()
+        if not self._hooks:
+            self._hooks = [self.overlap.register_forward_pre_hook(self._before_lookup),
+                           self.overlap.register_forward_hook(self._after_lookup)]
         if not self._threads:  # the main thread lends one of its torch threads
             self._threads = torch.get_num_threads()
             torch.set_num_threads(max(self._threads - 1, 1))

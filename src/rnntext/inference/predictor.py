@@ -9,16 +9,17 @@ from pathlib import Path
 
 import torch
 
+from .. import fast
 from ..data import Encoded
 from ..data.encode import encode_tokens
 from ..errors import ConfigError
-from ..model import uses_flat_batches
-from ..training.ensemble import mean_probabilities, member_dirs
+from ..training.device import resolve_device, set_threads
+from ..training.logits import mean_probabilities
 from ..training.rundir import Run, load_run
-from ..training.trainer import resolve_device, set_threads
+from .ensemble import member_dirs
 
 # A cap on rows x longest text per model call (memory: without the GRU's inference loop a model holds
-# every step's outputs); the texts per call are the model's prediction_batch() unless given.
+# every step's outputs); the texts per call are fast.prediction_batch() unless given.
 BATCH_TOKENS = 64 * 1024
 
 
@@ -41,9 +42,8 @@ class Predictor:
         self.device = device
         self.tokenizer = run.tokenizer
         self.labels = run.label_names
-        for r in self.runs:  # these models only predict: tables precomputed from their weights may stay
-            if hasattr(r.model, "tables_on"):
-                r.model.tables_on = True
+        # these models only predict: what the fast path precomputes from their weights may stay
+        self.forwards = [fast.inference_forward(r.model, device) for r in self.runs]
         for other in also:
             if other.label_names != self.labels:
                 raise ConfigError(f"cannot ensemble {other.path} with {run.path}: labels "
@@ -77,7 +77,7 @@ class Predictor:
                 tokenized[key] = [t(x) for x in texts]
             return encode_tokens(tokenized[key], r.vocab)
 
-        members = ((r.model, encoded(r), uses_flat_batches(r.config.model)) for r in self.runs)
+        members = ((r.model, encoded(r), forward) for r, forward in zip(self.runs, self.forwards))
         return mean_probabilities(members, (len(texts), len(self.labels)), self.device, batch_size, BATCH_TOKENS)
 
     def predict(self, texts: list[str] | str, batch_size: int | None = None) -> list[Prediction]:

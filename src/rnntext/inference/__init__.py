@@ -1,0 +1,1 @@
+"""Inference: the Predictor (rnntext.load), ensembles of saved runs, and evaluation of a saved run."""

@@ -1,0 +1,45 @@
+"""A model's logits for encoded texts, batch by batch, through the inference fast path; an
+ensemble's mean class probabilities."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from .. import fast
+from ..data import Encoded, eval_batches, make_batch
+from ..model.base import TextClassifier
+
+
+@torch.inference_mode()
+def predict_logits(model: TextClassifier, data: Encoded, device: torch.device, batch_size: int = 512,
+                   max_tokens: int | None = None, forward: fast.Forward | None = None) -> Tensor:
+    """Logits for every row of `data`, in its original order (batches sorted by length; see
+    eval_batches). `forward`: a kept fast.inference_forward(model, device) (a Predictor's);
+    by default one made for this call."""
+    was_training = model.training
+    model.eval()
+    run = forward or fast.inference_forward(model, device)
+    flat = model.batch_layout == "flat"
+    out = torch.empty(len(data), model.num_classes)
+    for idx in eval_batches(data.lengths, batch_size, max_tokens):
+        b = make_batch(data, idx, flat).to(device)
+        out[idx] = run(b.tokens, b.lengths, b.offsets).float().cpu()
+    model.train(was_training)
+    return out
+
+
+def mean_probabilities(members: Iterable[tuple[TextClassifier, Encoded, fast.Forward | None]],
+                       shape: tuple[int, int], device: torch.device, batch_size: int | None = 256,
+                       max_tokens: int | None = None) -> Tensor:
+    """[texts, classes] mean of the members' class probabilities; each member is (model, the texts
+    encoded with its own vocabulary, its kept inference forward or None). `batch_size` None: each
+    model's prediction batch (fast.prediction_batch)."""
+    total, n = torch.zeros(shape), 0
+    for model, enc, forward in members:
+        size = batch_size or fast.prediction_batch(model, device)
+        total += predict_logits(model, enc, device, size, max_tokens, forward).softmax(1)
+        n += 1
+    return total / n
