@@ -12,6 +12,11 @@ Models
 - `tiny_config(**overrides)`: a RunConfig for a small, fast model (embed 32, hidden 32, threads 1).
 - `trained_run`: a run directory trained once per session on `ag_news_small` (GRU, 1 epoch): reuse it
   for anything that needs a saved model (evaluate, predict, serving) instead of training again.
+
+Ctrl-C (SIGINT)
+- `terminal_sigint`: `preexec_fn=` for a child process the test will Ctrl-C.
+- `sigint_handler`: fixture for a test that raises SIGINT in the test process itself.
+  Both because the suite must pass however it is started: see the note above `terminal_sigint`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import csv
 import gzip
 import io
 import json
-from collections.abc import Callable, Sequence
+import signal
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +36,30 @@ from rnntext.config import RunConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+# Ctrl-C tests and how pytest was started. A non-interactive shell starts a background job
+# (`python -m pytest ... &` in a script, some CI runners) with SIGINT ignored, and every process it
+# starts inherits SIG_IGN. Python then installs no KeyboardInterrupt handler, and rnntext keeps an
+# ignored SIGINT ignored (training/checkpoint.py: catch_sigint), like any Unix program: whoever ignored
+# it shielded the job from the terminal's Ctrl-C. The Ctrl-C tests model a user pressing Ctrl-C in a
+# terminal, so they give the process that gets the SIGINT a terminal's disposition themselves, rather
+# than inheriting whatever the test runner was started with.
+def terminal_sigint() -> None:
+    """`subprocess.Popen(..., preexec_fn=terminal_sigint)`: the child gets SIGINT's default action, as a
+    program started from a terminal does (Python then raises KeyboardInterrupt, rnntext checkpoints)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def sigint_handler() -> Iterator[None]:
+    """For a test that raises SIGINT in the test process: Python's own handler (KeyboardInterrupt) for its
+    duration, whatever this process inherited; the previous disposition is put back afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def write_table(path: str | Path, columns: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> Path:
