@@ -339,10 +339,10 @@ def test_vocab_from_embeddings_reaches_words_the_training_data_lacks(small_task,
 
 def test_option_errors(tiny_config, small_task) -> None:
     train_csv, test_csv, _ = small_task
-    with pytest.raises(ConfigError, match="--vocab-from-embeddings needs --embeddings"):
+    with pytest.raises(ConfigError, match="data.vocab_from_embeddings needs data.embeddings"):
         DataConfig(vocab_from_embeddings=True).validate()
     cfg = _cfg(tiny_config, train_csv, test_csv, model__freeze_embeddings=True)
-    with pytest.raises(ConfigError, match="--freeze-embeddings needs --embeddings"):
+    with pytest.raises(ConfigError, match="model.freeze_embeddings needs data.embeddings"):
         train(cfg, None, progress=False, log=lambda s: None)
     unrelated = write_glove(train_csv.parent / "other.txt", {"zzz": VECS["the"], "yyy": VECS["cat"]})
     with pytest.raises(DataError, match=r"other\.txt: none of the \d+ vocabulary words has a vector"):
