@@ -119,7 +119,9 @@ def entry_config(base: RunConfig, entry: Entry, overrides: dict[str, Any] | None
 def describe_model(m: ModelConfig) -> str:
     if m.model == "bag":
         return f"EmbeddingBag (embed {m.embed_dim})"
-    cell = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[m.model]
+    cell = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}.get(m.model)
+    if cell is None:  # another registered family: its name and sizes
+        return f"{m.model} (embed {m.embed_dim}, hidden {m.hidden_dim})"
     layers = f"{m.num_layers}x" if m.num_layers > 1 else ""
     return (f"{'Bi' if m.bidirectional else ''}{cell} {layers}{m.hidden_dim}, embed {m.embed_dim}, "
             f"{m.pooling}, {'packed' if m.packed else 'padded'}")
