@@ -262,8 +262,8 @@ class AdamW(torch.optim.AdamW):
         return len(devices) == 1
 
     def _fused_step(self, skip: Tensor | None = None) -> None:
-        """What torch.optim.AdamW(fused=True).step() computes, by the same kernel, without the ~0.2 ms
-        of Python around it (grouping, state checks): about 5% of a batch-16 training step on a CPU.
+        """What torch.optim.AdamW(fused=True).step() computes, by the same kernel, without the Python
+        around it (grouping, state checks), which is a visible share of a small-batch step on a CPU.
         `skip`: the embedding left to _start_background."""
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None and p is not skip]
