@@ -139,13 +139,8 @@ def make_tiny_config(**overrides: Any) -> RunConfig:
     cfg.train.epochs = 1
     cfg.train.threads = 1
     cfg.train.device = "cpu"
-    for key, value in overrides.items():
-        section, name = key.split("__")
-        obj = getattr(cfg, section)
-        if not hasattr(obj, name):
-            raise AttributeError(f"{section} has no field {name}")
-        setattr(obj, name, value)
-    return cfg
+    # each value checked against its setting's declaration (config.py), as config.json's are
+    return cfg.with_overrides({key.replace("__", "."): value for key, value in overrides.items()})
 
 
 @pytest.fixture
