@@ -118,10 +118,6 @@ def kinds(klass: type) -> dict[str, Kind]:
     return _KINDS[klass]
 
 
-def settings_fields(klass: type) -> list[dataclasses.Field]:
-    return list(dataclasses.fields(klass))
-
-
 def field_of(klass: type, name: str) -> dataclasses.Field:
     for f in dataclasses.fields(klass):
         if f.name == name:
