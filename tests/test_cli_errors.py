@@ -62,7 +62,7 @@ CASES = {
     "missing config file": (["--config", "{d}/nope.toml"], "nope.toml: config file not found"),
     "missing column": (["--text-column", "body"], "no column named 'body'"),
     "out under a file": (["--out", "{d}/a_file/run"], "cannot write to the run directory: Not a directory"),
-    "out is a file": (["--out", "{d}/a_file"], "cannot write to the run directory"),
+    "out is a file": (["--out", "{d}/a_file"], "a_file: "),  # the message itself: the run directory checks
     "resume without checkpoint": (["train", "--resume", "{d}"], "no checkpoint to resume from"),
     "resume missing dir": (["train", "--resume", "{d}/nope"], "run directory does not exist"),
     "resume with options": (["train", "--resume", "{d}", "--epochs", "3"], "drop --epochs"),
