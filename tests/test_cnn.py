@@ -48,6 +48,13 @@ def test_kim_widths_maps_and_dropout() -> None:
     assert model.dropout.p == 0.5
 
 
+def test_kim_cnn_preset() -> None:
+    from rnntext.presets import preset_config
+
+    m = preset_config("kim-cnn").model
+    assert (m.model, m.hidden_dim, m.dropout, m.embed_dropout) == ("cnn", 100, 0.5, 0.0)
+
+
 def test_padding_never_changes_a_text() -> None:
     model = _cnn()
     g = torch.Generator().manual_seed(1)

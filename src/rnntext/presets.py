@@ -1,4 +1,4 @@
-"""Named configurations: the tutorial's three systems, reproducible by one flag.
+"""Named configurations: the tutorial's three systems and Kim (2014)'s CNN, reproducible by one flag.
 
 A preset is a partial config.json ({"data": {...}, "model": {...}, "train": {...}}); `preset_config`
 applies it through `RunConfig.from_dict`, so its values are checked against the settings' declarations
@@ -31,6 +31,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # LSTMPackClassifier: LSTM, last hidden state, packed sequences
     "tutorial-lstm-packed": {"model": {**_TUTORIAL["model"], "model": "lstm", "pooling": "last", "packed": True},
                              "train": _TUTORIAL["train"], "data": _TUTORIAL["data"]},
+    # Kim (2014)'s CNN: filter widths 3/4/5 with 100 maps each, max over time, dropout 0.5 (model/cnn.py)
+    "kim-cnn": {"model": {"model": "cnn", "hidden_dim": 100, "dropout": 0.5, "embed_dropout": 0.0}},
 }
 
 
