@@ -253,7 +253,16 @@ def _write_plots(run_dir: str) -> None:
         write_run_plots(run_dir, lambda s: print(s, file=sys.stderr))
 
 
+def _check_dir_options(args: argparse.Namespace) -> None:
+    """`--out ""` (an unset shell variable) would write into the current directory: refused."""
+    for option in ("out", "resume"):
+        value = getattr(args, option, None)
+        if value is not None and not value.strip():
+            raise ConfigError(f"--{option} is empty (an unset shell variable?); give the run directory")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    _check_dir_options(args)
     if args.resume is not None:
         return cmd_resume(args)
     cfg = config_from_args(args)  # a mistake in the options is reported before torch is imported
@@ -266,9 +275,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
         return launch(args.argv, args.nproc)
     from .training import train
+    from .training.checkpoint import check_run_target, run_lock
 
-    result = train(cfg, args.out, progress=not args.quiet)
-    return _print_result(result, args)
+    if args.out is None:
+        return _print_result(train(cfg, None, progress=not args.quiet), args)
+    check_run_target(args.out)
+    with run_lock(args.out):  # the whole run, plots included: a second run into --out fails at once
+        return _print_result(train(cfg, args.out, progress=not args.quiet), args)
 
 
 def cmd_train_ensemble(cfg: Any, args: argparse.Namespace) -> int:
@@ -276,11 +289,18 @@ def cmd_train_ensemble(cfg: Any, args: argparse.Namespace) -> int:
 
     if args.nproc is not None and args.nproc != 1:
         raise ConfigError("--ensemble trains its members one after another in this process; drop --nproc")
-    metrics = train_ensemble(cfg, args.ensemble, args.out, progress=not args.quiet,
-                             log=lambda s: print(s, file=sys.stderr))
-    if args.out is not None:
-        for k in range(args.ensemble):
-            _write_plots(os.path.join(args.out, f"member-{k}"))
+    if args.out is None:
+        metrics = train_ensemble(cfg, args.ensemble, None, progress=not args.quiet,
+                                 log=lambda s: print(s, file=sys.stderr))
+    else:
+        from .training.checkpoint import check_run_target, run_lock
+
+        check_run_target(args.out, members=True)
+        with run_lock(args.out):
+            metrics = train_ensemble(cfg, args.ensemble, args.out, progress=not args.quiet,
+                                     log=lambda s: print(s, file=sys.stderr))
+            for k in range(args.ensemble):
+                _write_plots(os.path.join(args.out, f"member-{k}"))
     if args.json:
         print(json.dumps(metrics, indent=2))
     elif "test" in metrics:
@@ -313,7 +333,7 @@ def _option(dest: str, value: Any) -> str:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .training.checkpoint import read_manifest
+    from .training.checkpoint import read_manifest, run_lock
     from .training.trainer import resume
 
     # a generated option is there only when given; a command's own options are unset when None or False
@@ -326,11 +346,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
         from .training.distributed import launch
 
         return launch(args.argv, args.nproc)
-    if read_manifest(args.resume).get("finished"):
-        print(f"rnntext: {args.resume} has finished training; nothing to resume", file=sys.stderr)
-        return 0
-    result = resume(args.resume, progress=not args.quiet)
-    return _print_result(result, args)
+    read_manifest(args.resume)  # a missing run directory or checkpoint: said before anything is created
+    with run_lock(args.resume):  # a second --resume (or a train into it) fails at once
+        if read_manifest(args.resume).get("finished"):
+            print(f"rnntext: {args.resume} has finished training; nothing to resume", file=sys.stderr)
+            return 0
+        result = resume(args.resume, progress=not args.quiet)
+        return _print_result(result, args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -353,9 +375,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.load([args.run_dir, *args.ensemble], train.get("device", "auto"), train.get("threads"))
     texts = list(args.texts)
     if args.file:  # after any texts given as arguments
-        from .data.readers import read_text_file
+        from .data.readers import iter_text_lines
 
-        texts += [line for line in read_text_file(args.file).splitlines() if line.strip()]
+        texts += [line for line in iter_text_lines(args.file) if line.strip()]  # streamed, under the input limits
     if not args.texts and not args.file:
         if sys.stdin.isatty():  # otherwise a forgotten argument looks like a hang
             print("rnntext: reading texts from the terminal, one per line; end with Ctrl-D", file=sys.stderr)

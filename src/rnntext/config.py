@@ -377,6 +377,11 @@ class ModelConfig(Settings):
     freeze_embeddings: bool = setting(False, group="vectors", help="keep the pretrained vectors fixed "
                                                                    "(default: tune them)", show_default=False)
 
+    def check_rules(self, name: Callable[[str], str]) -> None:
+        if self.vocab_size and self.padding_idx >= self.vocab_size:  # a saved run's: an index into its vocabulary
+            raise ConfigError(f"{name('padding_idx')} must be < {name('vocab_size')} ({self.vocab_size}), "
+                              f"got {self.padding_idx}")
+
 
 @dataclass
 class TrainConfig(Settings):

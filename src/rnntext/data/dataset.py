@@ -3,6 +3,7 @@ build the vocabulary on train, encode once."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Container
 from dataclasses import dataclass, field
@@ -39,12 +40,20 @@ class Prepared:
 
 
 def _label_order(labels: list[str]) -> list[str]:
-    """Integers numerically, anything else alphabetically."""
+    """Numbers numerically when every label is a finite number ("1", "2", "10"; "0.5"), anything else
+    alphabetically (by code point). Either way a total order, so the class order never depends on the
+    order of a set (PYTHONHASHSEED): "nan" and "inf" are words here, not numbers."""
     unique = set(labels)
-    try:
-        return sorted(unique, key=lambda s: (float(s), s))
-    except ValueError:
-        return sorted(unique)
+    numbers = {}
+    for s in unique:
+        try:
+            value = float(s)
+        except ValueError:
+            return sorted(unique)
+        if not math.isfinite(value):
+            return sorted(unique)
+        numbers[s] = value
+    return sorted(unique, key=lambda s: (numbers[s], s))
 
 
 def _labels_known(rows: Rows, known: Container[str], problem: str, none_left: str, skip_bad_rows: bool) -> Rows:

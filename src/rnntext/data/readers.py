@@ -10,22 +10,24 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import json
+import math
 import re
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..config import QUOTINGS
 from ..errors import DataError
-
-csv.field_size_limit(2**31 - 1)  # a 10 MB text field is legitimate data, not an error
 
 FORMATS = ("csv", "tsv", "jsonl")
 SKIP_HINT = " (use --skip-bad-rows to skip such rows)"
 # Bytes that are not UTF-8 decode (with surrogateescape) to lone surrogates: a row holding one is bad.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
-_NEWLINE = re.compile(r"\r\n|\r|\n")  # JSONL lines; str.splitlines would also split inside strings at U+2028 etc.
 
 
 @dataclass
@@ -59,32 +61,130 @@ def detect_format(path: str | Path) -> str:
                     "(optionally .gz)", str(path))
 
 
-def read_text_file(path: str | Path, *, lenient: bool = False) -> str:
-    """The whole file as text: gunzipped if needed, BOM removed, invalid UTF-8 reported by line.
-    With `lenient`, undecodable bytes become lone surrogates instead (see _UNDECODABLE) so that
-    the reader can skip just the rows that hold them."""
-    path = Path(path)
+# Limits on what one input file may cost (docs/guides/limits.md, "Files and run directories"). Files are
+# streamed: memory holds the parsed rows, not the file's text.
+MAX_INPUT_BYTES = 4 * 2**30  # the (decompressed) size of one input file
+MAX_GZIP_RATIO = 100  # decompressed : compressed bytes, checked once MAX_GZIP_RATIO_AFTER bytes came out
+MAX_GZIP_RATIO_AFTER = 64 * 2**20
+MAX_LINE_CHARS = 64 * 2**20  # characters in one physical line (a 10 MB text field is data; /dev/zero is not)
+_CHUNK = 1 << 16
+# a 10 MB text field is legitimate data, not an error; a quote that never closes stops at the limit
+csv.field_size_limit(MAX_LINE_CHARS)
+
+
+class _Guarded(io.RawIOBase):
+    """The bytes of an input file (gunzipped if it is gzip), stopping with a one-line DataError where the
+    file grows past MAX_INPUT_BYTES or a gzip stream expands more than MAX_GZIP_RATIO : 1."""
+
+    def __init__(self, raw: Any, path: str):
+        super().__init__()
+        self.raw, self.path, self.total = raw, path, 0
+        self.gz: gzip.GzipFile | None = None
+        if raw.peek(2)[:2] == b"\x1f\x8b":
+            self.gz = gzip.GzipFile(fileobj=raw, mode="rb")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            n = (self.gz or self.raw).readinto(buffer)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+            raise DataError(f"corrupt or truncated gzip file ({e})", self.path) from None
+        except OSError as e:
+            if self.gz is not None:
+                raise DataError(f"corrupt or truncated gzip file ({e})", self.path) from None
+            raise DataError(f"cannot read: {e.strerror or e}", self.path) from None
+        self.total += n or 0
+        if self.total > MAX_INPUT_BYTES:
+            raise DataError(f"larger than {MAX_INPUT_BYTES:,} bytes{' when decompressed' if self.gz else ''}, the "
+                            "limit for an input file; split it", self.path)
+        if self.gz is not None and self.total > MAX_GZIP_RATIO_AFTER:
+            packed = max(1, self.raw.tell())
+            if self.total > MAX_GZIP_RATIO * packed:
+                raise DataError(f"gzip file expands more than {MAX_GZIP_RATIO}:1 ({packed:,} bytes gave "
+                                f"{self.total:,}); not a text file, or a decompression bomb", self.path)
+        return n or 0
+
+    def close(self) -> None:
+        try:
+            if self.gz is not None:
+                self.gz.close()
+            self.raw.close()
+        finally:
+            super().close()
+
+
+def _check_path(path: Path) -> None:
     if not path.exists():
         raise DataError("no such file", str(path))
     if path.is_dir():
         raise DataError("is a directory, expected a file", str(path))
+
+
+@contextmanager
+def open_text(path: str | Path, *, lenient: bool = False) -> Iterator[_Lines]:
+    """The physical lines of a file (see _Lines), streamed: gunzipped if needed, BOM removed, invalid
+    UTF-8 reported by line. With `lenient`, undecodable bytes become lone surrogates instead (see
+    _UNDECODABLE) so that the reader can skip just the rows that hold them."""
+    path = Path(path)
+    _check_path(path)
     try:
-        raw = path.read_bytes()
+        raw = open(path, "rb", buffering=_CHUNK)  # noqa: SIM115 (closed by _Guarded)
     except OSError as e:
         raise DataError(f"cannot read: {e.strerror}", str(path)) from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as e:
-            raise DataError(f"corrupt or truncated gzip file ({e})", str(path)) from None
-    if lenient:
-        return raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
     try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"invalid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8",
-                        str(path), line) from None
+        guarded = _Guarded(raw, str(path))
+    except OSError as e:
+        raw.close()
+        raise DataError(f"cannot read: {e.strerror or e}", str(path)) from None
+    stream = io.TextIOWrapper(io.BufferedReader(guarded, _CHUNK), encoding="utf-8-sig",
+                              errors="surrogateescape", newline="")
+    try:
+        yield _Lines(stream, str(path), strict=not lenient)
+    finally:
+        stream.close()
+
+
+class _Lines:
+    """An iterator over the physical lines of a text stream (line ends kept; LF, CRLF and CR end a line),
+    counting them in `count`. A line longer than MAX_LINE_CHARS, and (unless lenient) a line with
+    invalid UTF-8, is a one-line DataError naming the file and line."""
+
+    def __init__(self, stream: io.TextIOWrapper, path: str, strict: bool):
+        self.stream, self.path, self.strict, self.count = stream, path, strict, 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.stream.readline(MAX_LINE_CHARS + 1)
+        if not line:
+            raise StopIteration
+        self.count += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise DataError(f"a line longer than {MAX_LINE_CHARS:,} characters, the limit; is this a text file?",
+                            self.path, self.count)
+        if self.strict:
+            bad = _UNDECODABLE.search(line)
+            if bad:
+                raise DataError(f"invalid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x}); save the file as UTF-8",
+                                self.path, self.count)
+        return line
+
+
+def iter_text_lines(path: str | Path) -> Iterator[str]:
+    """The lines of a text file (as str.splitlines gives them), streamed under the limits above."""
+    with open_text(path) as lines:
+        for line in lines:
+            yield from line.splitlines()
+
+
+def read_text_file(path: str | Path, *, lenient: bool = False) -> str:
+    """The whole file as text (under the limits above): gunzipped if needed, BOM removed, invalid UTF-8
+    reported by line. With `lenient`, undecodable bytes become lone surrogates instead."""
+    with open_text(path, lenient=lenient) as lines:
+        return "".join(lines)
 
 
 def read_rows(
@@ -100,22 +200,32 @@ def read_rows(
     """Read texts and labels. With `header=False` (CSV/TSV), columns are 0-based indices; `quoting`:
     one of QUOTINGS (CSV/TSV)."""
     fmt = fmt or detect_format(path)
-    text = read_text_file(path, lenient=skip_bad_rows)
-    if fmt == "jsonl":
-        return _read_jsonl(str(path), text, text_columns, label_column, skip_bad_rows)
-    if quoting not in QUOTINGS:
+    if fmt != "jsonl" and quoting not in QUOTINGS:
         raise DataError(f"unknown quoting {quoting!r}; choose one of {', '.join(QUOTINGS)}", str(path))
-    return _read_delimited(str(path), text, "," if fmt == "csv" else "\t", text_columns,
-                           label_column, header, skip_bad_rows, quoting)
+    with open_text(path, lenient=skip_bad_rows) as lines:
+        if fmt == "jsonl":
+            return _read_jsonl(str(path), lines, text_columns, label_column, skip_bad_rows)
+        return _read_delimited(str(path), lines, "," if fmt == "csv" else "\t", text_columns,
+                               label_column, header, skip_bad_rows, quoting)
 
 
-def _read_delimited(path: str, text: str, delimiter: str, text_columns: list[str], label_column: str,
+def _read_delimited(path: str, lines: _Lines, delimiter: str, text_columns: list[str], label_column: str,
                     header: bool, skip_bad_rows: bool, quoting: str = "csv") -> Rows:
     rows = Rows(path)
     kind = "CSV" if delimiter == "," else "TSV"
-    if not text.strip():
+    # blank lines before the first one with text: a header-less file skips them; with a header, the first
+    # line is the header (a blank one names no columns)
+    first = ""
+    blank = 0
+    for first in lines:
+        if first.strip():
+            break
+        blank += 1
+    else:
         raise DataError("file is empty", path)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True,
+    if header and blank:
+        first, blank = "\n", 0  # the blank first line is the header: the missing-column error follows
+    reader = csv.reader(itertools.chain([first], lines), delimiter=delimiter, strict=True,
                         quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL)
 
     def bad(problem: str, line: int) -> None:
@@ -143,7 +253,7 @@ def _read_delimited(path: str, text: str, delimiter: str, text_columns: list[str
         label_idx = int(label_column)
         ncols = None
     need = max([*text_idx, label_idx]) + 1
-    end = reader.line_num  # the last physical line consumed so far
+    end = blank + reader.line_num  # the last physical line consumed so far
     while True:
         line = end + 1  # where the next row starts (a quoted field may span lines)
         try:
@@ -151,11 +261,11 @@ def _read_delimited(path: str, text: str, delimiter: str, text_columns: list[str
         except StopIteration:
             break
         except csv.Error as e:
-            end = reader.line_num
+            end = blank + reader.line_num
             bad(f"malformed {kind} row ({e}); check for an unbalanced quote, or give --quoting none if "
                 "quotes are ordinary characters in this file", line)
             continue
-        end = reader.line_num
+        end = blank + reader.line_num
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # blank line
         if ncols is None:
@@ -176,10 +286,10 @@ def _read_delimited(path: str, text: str, delimiter: str, text_columns: list[str
     return rows
 
 
-def _read_jsonl(path: str, text: str, text_columns: list[str], label_column: str,
+def _read_jsonl(path: str, lines: _Lines, text_columns: list[str], label_column: str,
                 skip_bad_rows: bool) -> Rows:
     rows = Rows(path)
-    for lineno, line in enumerate(_NEWLINE.split(text), start=1):
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         problem = None
@@ -205,6 +315,8 @@ def _read_jsonl(path: str, text: str, text_columns: list[str], label_column: str
                     problem = f"missing key {', '.join(map(repr, missing))}"
                 elif not isinstance(label, (str, int, float)) or isinstance(label, bool):
                     problem = f"label must be a string or a number, found {type(label).__name__}"
+                elif isinstance(label, float) and not math.isfinite(label):
+                    problem = f"label must be a finite number, found {label} (NaN, Infinity or out of range)"
                 elif str(label).strip() == "":
                     problem = "empty label"
                 elif any(not isinstance(obj[c], (str, int, float)) for c in text_columns):

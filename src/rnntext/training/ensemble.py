@@ -17,23 +17,33 @@ import torch
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..io import atomic_write_json
-from .checkpoint import ensure_writable
+from .checkpoint import check_out_dir, check_run_target, ensure_writable, run_lock
 from .logits import mean_probabilities
 from .metrics import classification_report
 from .trainer import TrainResult, train
 
 ENSEMBLE = "ensemble.json"
 FORMAT = 1
+MAX_MEMBERS = 64  # members of one ensemble (each is loaded whole to predict); docs/guides/limits.md
 
 
 def train_ensemble(cfg: RunConfig, members: int, out_dir: str | None = None, *, progress: bool = True,
                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train `members` runs of `cfg` (seeds cfg.train.seed + k); returns the ensemble's metrics and,
     with `out_dir`, writes the members and ensemble.json there."""
-    if members < 2:
-        raise ConfigError(f"an ensemble needs at least 2 members, got {members}")
-    if out_dir is not None:
+    if members < 2 or members > MAX_MEMBERS:
+        raise ConfigError(f"an ensemble needs at least 2 members and at most {MAX_MEMBERS}, got {members}")
+    if out_dir is None:
+        return _train_ensemble(cfg, members, None, progress, log)
+    check_out_dir(out_dir)
+    check_run_target(out_dir, members=True)
+    with run_lock(out_dir):  # the whole ensemble: a second `--ensemble N --out OUT` fails at once
         ensure_writable(out_dir)
+        return _train_ensemble(cfg, members, out_dir, progress, log)
+
+
+def _train_ensemble(cfg: RunConfig, members: int, out_dir: str | None, progress: bool,
+                    log: Callable[[str], None] | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     results: list[TrainResult] = []
     for k in range(members):

@@ -26,6 +26,13 @@ from ..model.base import TextClassifier
 
 CONFIG, VOCAB, LABELS = "config.json", "vocab.json", "labels.json"
 WEIGHTS, METRICS = "model.safetensors", "metrics.json"
+# Sizes checked before a file is read (docs/guides/limits.md): a tampered or swapped file is refused by
+# its size, not after it filled the memory.
+MAX_CONFIG_BYTES = 16 * 2**20
+MAX_VOCAB_ENTRY_BYTES = 1024  # vocab.json may hold vocab_size x this (an average token is ~10 bytes)
+MAX_LABEL_BYTES = 4096  # labels.json may hold num_classes x this
+SMALL_FILE_BYTES = 64 * 2**10  # the slack every bound allows (brackets, a short vocabulary)
+MAX_SAFETENSORS_HEADER = 16 * 2**20  # model.safetensors: the tensors' bytes + at most this
 
 
 @dataclass
@@ -69,15 +76,45 @@ def save_run(path: str | Path, config: RunConfig, vocab: Vocab, label_names: lis
     return path
 
 
-def _read_json(path: Path) -> Any:
+def _check_size(path: Path, limit: int, what: str) -> None:
+    """Refuse `path` by its size, before reading it, when it is larger than `limit` bytes."""
     if not path.exists():
         raise CheckpointError("missing file; is this a run directory written by `rnntext train`?", str(path))
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise CheckpointError(f"cannot read: {e.strerror or e}", str(path)) from None
+    if path.is_file() and size > limit:
+        raise CheckpointError(f"{size:,} bytes, more than {what} can need ({limit:,}); the file was replaced or "
+                              "the config altered", str(path))
+
+
+def _read_json(path: Path, limit: int = MAX_CONFIG_BYTES, what: str = "this file") -> Any:
+    _check_size(path, limit, what)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"corrupted or truncated JSON ({e})", str(path)) from None
+    except RecursionError:
+        raise CheckpointError("corrupted JSON (nested too deeply)", str(path)) from None
+    except ValueError as e:  # an integer of 5,000 digits
+        raise CheckpointError(f"corrupted JSON ({str(e)[:100]})", str(path)) from None
     except OSError as e:  # a directory where the file should be, no permission, ...
         raise CheckpointError(f"cannot read: {e.strerror or e}", str(path)) from None
+
+
+def check_run_files(path: str | Path) -> None:
+    """Every file of the run directory `path` is there and is a file (an ensemble checks all its members
+    this way before it loads any weights)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError("run directory does not exist", str(path))
+    for name in (CONFIG, VOCAB, LABELS, WEIGHTS):
+        f = path / name
+        if not f.exists():
+            raise CheckpointError("missing file; is this a run directory written by `rnntext train`?", str(f))
+        if not f.is_file():
+            raise CheckpointError("not a file", str(f))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -96,21 +133,45 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     if not path.is_dir():
         raise CheckpointError("run directory does not exist", str(path))
     try:
-        raw = _read_json(path / CONFIG)
+        raw = _read_json(path / CONFIG, MAX_CONFIG_BYTES, "a config")
         if not isinstance(raw, dict):
             raise ConfigError(f"expected a JSON object, found {type(raw).__name__}")
         config = RunConfig.from_dict(raw)
         config.validate()
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(str(e), str(path / CONFIG)) from None
+    m = config.model
+    if m.vocab_size < 2 or m.num_classes < 1:
+        raise CheckpointError(f"model.vocab_size {m.vocab_size} and model.num_classes {m.num_classes}: a trained run "
+                              "has >= 2 tokens and >= 1 class", str(path / CONFIG))
     try:
-        vocab = Vocab.from_json(json.dumps(_read_json(path / VOCAB)))
+        with torch.device("meta"):  # shapes only: a config that asks for a huge model allocates nothing yet
+            expected = build_model(m).state_dict()
+    except (ConfigError, ValueError, TypeError, AssertionError, RuntimeError) as e:
+        raise CheckpointError(f"cannot build the model this config describes ({str(e)[:200]})",
+                              str(path / CONFIG)) from None
+    # sizes before contents: the weights the config needs bound model.safetensors, and vocab_size and
+    # num_classes (which the weights' shapes confirm) bound vocab.json and labels.json
+    need = sum(t.numel() * t.element_size() for t in expected.values())
+    _check_size(path / WEIGHTS, need + MAX_SAFETENSORS_HEADER, "the weights of this config")
+    size = (path / WEIGHTS).stat().st_size if (path / WEIGHTS).is_file() else need
+    if size < need:
+        raise CheckpointError(f"{size:,} bytes, too few for the weights the config needs ({need:,} bytes of "
+                              "tensors): truncated, not a safetensors file of this model, or the config was altered",
+                              str(path / WEIGHTS))
+    raw_vocab = _read_json(path / VOCAB, m.vocab_size * MAX_VOCAB_ENTRY_BYTES + SMALL_FILE_BYTES,
+                           f"a vocabulary of {m.vocab_size:,} tokens")
+    try:
+        vocab = Vocab.from_json(json.dumps(raw_vocab))
     except ValueError as e:
         raise CheckpointError(str(e), str(path / VOCAB)) from None
-    labels = _read_json(path / LABELS)
+    del raw_vocab
+    labels = _read_json(path / LABELS, m.num_classes * MAX_LABEL_BYTES + SMALL_FILE_BYTES,
+                        f"{m.num_classes:,} label names")
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise CheckpointError("expected a list of label names", str(path / LABELS))
-    m = config.model
+    if len(set(labels)) != len(labels):
+        raise CheckpointError("label names must be distinct", str(path / LABELS))
     if m.vocab_size != len(vocab):
         raise CheckpointError(f"config says vocab_size {m.vocab_size}, vocab.json has {len(vocab)} tokens",
                               str(path / VOCAB))
@@ -118,8 +179,6 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         raise CheckpointError(f"config says {m.num_classes} classes, labels.json has {len(labels)}",
                               str(path / LABELS))
     state = load_weights(path / WEIGHTS)
-    with torch.device("meta"):  # shapes only: a config that asks for a huge model allocates nothing yet
-        expected = build_model(m).state_dict()
     if set(state) != set(expected):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         raise CheckpointError(f"weights do not match the config (missing {missing[:3]}, unexpected {extra[:3]})",
