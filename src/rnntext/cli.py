@@ -407,12 +407,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     opts = settings_from_args(args, ServeConfig)
     try:
-        from .serving.server import Limits, serve
+        from .serving.server import Limits, Timeouts, serve
     except ImportError as e:
         raise ConfigError(f"rnntext serve needs FastAPI and uvicorn: pip install 'rnntext[serve]' ({e})") from None
     serve(args.run_dir, opts.host, opts.port, device=opts.device, threads=opts.threads,
           limits=Limits(opts.max_texts, opts.max_chars, opts.max_body_bytes), max_batch_texts=opts.max_batch,
-          max_wait_ms=opts.batch_wait_ms, log_level=opts.log_level)
+          max_wait_ms=opts.batch_wait_ms, max_queue_texts=opts.max_queue,
+          timeouts=Timeouts(opts.header_timeout, opts.body_timeout, opts.keep_alive_timeout, opts.drain_timeout),
+          log_level=opts.log_level)
     return 0
 
 

@@ -506,7 +506,61 @@ class ServeConfig(Settings):
     max_body_bytes: int = setting(2_000_000, min=1, help="request body size")
     batch_wait_ms: float = setting(2.0, min=0.0, max=60_000.0, help="how long a batch waits for more requests")
     max_batch: int = setting(256, min=1, help="texts per model call when batching requests")
+    max_queue: int = setting(1024, min=1, metavar="N", help="texts waiting for the model at most; a request "
+                                                             "past that is answered 503 with Retry-After")
+    header_timeout: float = setting(10.0, gt=0.0, max=3600.0, metavar="SECONDS",
+                                    help="seconds a connection may take to send a request's headers (then "
+                                         "closed, with 408 if it had started)")
+    body_timeout: float = setting(30.0, gt=0.0, max=3600.0, metavar="SECONDS",
+                                  help="seconds a request may take to send its body (then 408)")
+    keep_alive_timeout: float = setting(5.0, gt=0.0, max=3600.0, metavar="SECONDS",
+                                        help="seconds an idle connection stays open between requests")
+    drain_timeout: float = setting(30.0, min=0.0, max=3600.0, metavar="SECONDS",
+                                   help="on SIGTERM or Ctrl-C: seconds the requests in flight have to finish")
     log_level: str = setting("info", choices=LOG_LEVELS, help="uvicorn's log level")
+
+    def check_rules(self, name: Callable[[str], str]) -> None:
+        if self.max_queue < self.max_texts:
+            raise ConfigError(f"{name('max_queue')} ({self.max_queue}) must be >= {name('max_texts')} "
+                              f"({self.max_texts}): a request of {name('max_texts')} texts must fit in the queue")
+
+
+@dataclass
+class TrackConfig(Settings):
+    """`train` and `tune`: where a run reports its scalars (rnntext.report.tracking). Not part of a run's
+    configuration: tracking changes nothing that is trained, so it is not saved in config.json."""
+
+    SECTION = "track"
+
+    tensorboard: str | None = setting(None, path=True, metavar="DIR", show_default=False,
+                                      help="write TensorBoard scalars (per step and per epoch) to DIR "
+                                           "(needs: pip install 'rnntext[track]')")
+    mlflow: str | None = setting(None, metavar="URI", show_default=False,
+                                 help="log params, per-epoch metrics and the run directory to this MLflow tracking "
+                                      "URI, e.g. file:./mlruns or sqlite:///mlflow.db (needs: pip install "
+                                      "'rnntext[track]')")
+    mlflow_experiment: str = setting("rnntext", metavar="NAME", help="the MLflow experiment to log to")
+    log_every: int = setting(10, min=1, metavar="N",
+                             help="per-step scalars every N optimiser steps (means over those steps)")
+
+
+@dataclass
+class TuneConfig(Settings):
+    """`rnntext tune`: the study (rnntext.tune). Saved in the tuning directory's tune.json for --resume."""
+
+    SECTION = "tune"
+
+    trials: int = setting(20, min=1, help="trials to finish, completed or pruned (a resumed study counts those "
+                                          "finished before it was stopped)")
+    timeout: float | None = setting(None, gt=0.0, metavar="SECONDS", show_default=False,
+                                    help="start no trial after SECONDS (of this invocation)")
+    space: str | None = setting(None, path=True, metavar="FILE", show_default=False,
+                                help="a TOML file that changes the default search space (see the tuning guide)")
+    sampler_seed: int = setting(0, min=0, max=INT64_MAX, help="seed of the TPE sampler")
+    prune: bool = setting(True, help="stop a trial whose validation accuracy after an epoch is below the median of "
+                                     "earlier trials' at that epoch (MedianPruner)")
+    prune_startup: int = setting(5, min=0, metavar="N", help="trials that finish before any is pruned")
+    prune_warmup: int = setting(1, min=1, metavar="EPOCHS", help="epochs every trial runs before it can be pruned")
 
 
 @dataclass
