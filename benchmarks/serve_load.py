@@ -6,8 +6,17 @@ single-text and 32-text requests it reports requests/s, texts/s, p50/p99 latency
 0) and the mean number of texts per model call (how much the server's batching joined requests).
 Clients and server share the machine's cores, so the figures are a lower bound.
 
+--disturb measures the server's protection against clients that leave (issue 16): one-text requests
+from --clients clients, first alone, then while --disturbers other clients each send a large request
+(--max-texts texts of --max-chars characters, just under the 2,000,000-byte body limit) and close
+the socket at once, again every --disturb-interval seconds. It reports the one-text latency of both
+phases in one run (the target: disturbed p99 within 2x undisturbed) and how many of the large
+requests' texts the model ran (those whose client left should be dropped before it runs them).
+Results: benchmarks/results/serve_load_disturbed.json / .md.
+
     python3 benchmarks/serve_load.py --run-dir runs/gru
     python3 benchmarks/serve_load.py --quick          # trains a run, ~30 s of load
+    python3 benchmarks/serve_load.py --run-dir runs/default --disturb   # ~1.5 min
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import argparse
 import asyncio
 import csv
 import gzip
+import json
 import os
 import socket
 import statistics
@@ -95,7 +105,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def scenario(url: str, texts: list[str], per_request: int, clients: int, duration: float,
-                   max_requests: int) -> dict[str, Any]:
+                   max_requests: int, background: Any = None) -> dict[str, Any]:
+    """`clients` clients sending `per_request` texts per request for `duration` seconds; `background`
+    (stop_at -> coroutine) runs beside them for the same time."""
     latencies: list[float] = []
     errors: list[str] = []
     sent = 0
@@ -125,7 +137,8 @@ async def scenario(url: str, texts: list[str], per_request: int, clients: int, d
                 latencies.append(time.perf_counter() - t0)
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(client(k) for k in range(clients)))
+        extra = [background(stop_at)] if background is not None else []
+        done_extra = await asyncio.gather(*(client(k) for k in range(clients)), *extra)
         elapsed = time.perf_counter() - t0
         after = (await c.get("/health")).json()
     calls = after["model_calls"] - before["model_calls"]
@@ -139,7 +152,54 @@ async def scenario(url: str, texts: list[str], per_request: int, clients: int, d
                        "mean": round(1000 * statistics.fmean(latencies), 2) if done else None},
         "model_calls": calls, "texts_per_model_call": round((after["texts"] - before["texts"]) / calls, 1)
         if calls else None,
+        "texts_run": after["texts"] - before["texts"],
+        "dropped": after.get("dropped", 0) - before.get("dropped", 0),
+        "rejected": after.get("rejected", 0) - before.get("rejected", 0),
+        **(done_extra[-1] if extra else {}),
     }
+
+
+def large_request(texts: list[str], max_texts: int = 256, max_chars: int = 20_000,
+                  max_body: int = 1_950_000) -> bytes:
+    """A whole HTTP request whose JSON body is as large as the server's limits allow: texts of
+    `max_chars` characters (real headlines, joined), as many as fit in `max_body` bytes."""
+    joined = " ".join(texts)
+    text = (joined * (max_chars // max(1, len(joined)) + 1))[:max_chars]
+    one = len(json.dumps(text)) + 2
+    n = max(1, min(max_texts, (max_body - 20) // one))
+    body = json.dumps({"texts": [text] * n}).encode()
+    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+def leavers(port: int, request: bytes, clients: int, interval: float, max_sends: int) -> Any:
+    """A background for `scenario`: `clients` clients that each send `request` and close the socket at
+    once, together, every `interval` seconds, until the scenario ends (at most `max_sends` requests)."""
+
+    async def run(stop_at: float) -> dict[str, Any]:
+        sent, failed = 0, 0
+
+        async def one() -> None:
+            nonlocal sent, failed
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(request)
+                await writer.drain()
+                writer.close()  # at once: the answer is never read
+                await writer.wait_closed()
+                sent += 1
+            except OSError:
+                failed += 1
+
+        while time.perf_counter() < stop_at and sent + failed < max_sends:
+            wave = time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(clients)))
+            await asyncio.sleep(max(0.0, interval - (time.perf_counter() - wave)))
+        return {"large_requests_sent": sent, "large_requests_failed": failed,
+                "large_request_bytes": len(request)}
+
+    return run
 
 
 def start_server(run_dir: Path, port: int, threads: int | None, wait_ms: float, log: Any) -> subprocess.Popen:
@@ -163,8 +223,32 @@ def start_server(run_dir: Path, port: int, threads: int | None, wait_ms: float, 
     sys.exit("the server did not start within 120 s")
 
 
+def markdown_disturbed(r: dict[str, Any]) -> str:
+    """The table of serve_load_disturbed.md: one-text latency alone and beside clients that send large
+    requests and leave."""
+    srv, d = r["server"], r["disturb"]
+    rows = []
+    for name, x in (("undisturbed", r["undisturbed"]), ("disturbed", r["disturbed"])):
+        rows.append([name, x["clients"], f"{x['requests_per_second']:,.0f}", f"{x['latency_ms']['p50']:.1f}",
+                     f"{x['latency_ms']['p99']:.1f}", x["errors"], x.get("large_requests_sent", 0),
+                     f"{x['texts_run'] - x['requests']:,}"])
+    what = (f"`rnntext serve` on 127.0.0.1 (run `{srv['run_dir']}`, {srv['threads']} threads, batching wait "
+            f"{srv['batch_wait_ms']:g} ms): {r['undisturbed']['clients']} clients send one-text requests for "
+            f"{r['duration_s']:g} s, alone, then while {d['clients']} other clients each send a "
+            f"{d['request_bytes'] / 1e6:.1f} MB request ({d['texts']} texts of {d['chars']:,} characters) and close "
+            f"the socket at once, together, every {d['interval_s']:g} s. Disturbed p99 / undisturbed p99: "
+            f"**{r['p99_ratio']:.2f}** (target: at most 2). \"large texts run\": texts of the large requests the "
+            f"model ran (their clients had left). Clients and server share the cores.")
+    return (md_header(short_command(r.get("command")), r.get("machine"), what) + "\n"
+            + md_table(["phase", "one-text clients", "requests/s", "p50 ms", "p99 ms", "errors",
+                        "large requests sent", "large texts run"], rows, "lrrrrrrr"))
+
+
 def markdown(results: dict[str, Any]) -> str:
-    """The table of serve_load.md: per request size, throughput, latency, errors and the server's batching."""
+    """The table of serve_load.md: per request size, throughput, latency, errors and the server's batching
+    (serve_load_disturbed.md: see markdown_disturbed)."""
+    if results.get("mode") == "disturb":
+        return markdown_disturbed(results)
     r = results
     srv = r["server"]
     table = [[x["texts_per_request"], x["clients"], f"{x['requests_per_second']:,.0f}", f"{x['texts_per_second']:,.0f}",
@@ -182,6 +266,32 @@ def markdown(results: dict[str, Any]) -> str:
                         "texts per model call"], table, "rrrrrrrr"))
 
 
+def run_disturbed(args: argparse.Namespace, url: str, port: int, texts: list[str]) -> dict[str, Any]:
+    request = large_request(texts)
+    n_texts = json.loads(request.split(b"\r\n\r\n", 1)[1])["texts"]
+    max_sends = args.disturbers * int(args.duration / max(args.disturb_interval, 0.01) + 2)
+    phases = {}
+    for name, background in (("undisturbed", None),
+                             ("disturbed", leavers(port, request, args.disturbers, args.disturb_interval, max_sends))):
+        r = asyncio.run(scenario(url, texts, 1, args.clients, args.duration, args.max_requests, background))
+        phases[name] = r
+        lat = r["latency_ms"]
+        print(f"{name:>11}: {args.clients} clients {r['requests_per_second']:8.1f} req/s  p50 {lat['p50']} ms  "
+              f"p99 {lat['p99']} ms  errors {r['errors']}  large requests sent {r.get('large_requests_sent', 0)}  "
+              f"large texts run {r['texts_run'] - r['requests']}  dropped {r['dropped']}", flush=True)
+    ratio = phases["disturbed"]["latency_ms"]["p99"] / phases["undisturbed"]["latency_ms"]["p99"]
+    print(f"disturbed p99 / undisturbed p99 = {ratio:.2f} (target <= 2)", flush=True)
+    return {"benchmark": "serve_load", "mode": "disturb", "command": "python3 " + " ".join(sys.argv),
+            "machine": machine(args.threads),
+            "server": {"run_dir": str(args.run_dir or "trained: default GRU, 30 batches"),
+                       "threads": args.threads or os.cpu_count(), "batch_wait_ms": args.batch_wait_ms,
+                       "host": "127.0.0.1"},
+            "duration_s": args.duration, "max_requests": args.max_requests,
+            "disturb": {"clients": args.disturbers, "interval_s": args.disturb_interval, "request_bytes": len(request),
+                        "texts": len(n_texts), "chars": len(n_texts[0])},
+            **phases, "p99_ratio": round(ratio, 3)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", help="run directory to serve (default: train a small one first)")
@@ -193,6 +303,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, help="the server's torch threads (default: all cores)")
     ap.add_argument("--batch-wait-ms", type=float, default=2.0, help="the server's batching wait (2)")
     ap.add_argument("--quick", action="store_true", help="3 s per scenario")
+    ap.add_argument("--disturb", action="store_true", help="one-text latency alone, then beside clients that send "
+                    "large requests and leave (results: serve_load_disturbed.json)")
+    ap.add_argument("--disturbers", type=int, default=10, help="--disturb: clients sending large requests (10)")
+    ap.add_argument("--disturb-interval", type=float, default=1.0,
+                    help="--disturb: seconds between their waves of large requests (1)")
     ap.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/serve_load.json)")
     args = ap.parse_args()
     if args.quick:
@@ -206,6 +321,16 @@ def main() -> int:
         proc = start_server(run_dir, port, args.threads, args.batch_wait_ms, log)
         print(f"server up in {time.perf_counter() - t0:.0f}s on 127.0.0.1:{port}", flush=True)
         url = f"http://127.0.0.1:{port}"
+        if args.disturb:
+            try:
+                payload = run_disturbed(args, url, port, texts)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
+            out = Path(args.out) if args.out else RESULTS / "serve_load_disturbed.json"
+            write_json(out.stem, payload, out.parent)
+            write_markdown(out.stem, markdown_document(out.stem, "serve_load.py", markdown(payload)), out.parent)
+            return 1 if payload["undisturbed"]["errors"] or payload["disturbed"]["errors"] else 0
         try:
             results = []
             for size in args.sizes:

@@ -393,3 +393,22 @@ def test_memory_stays_bounded_under_the_largest_requests(trained_run: Path) -> N
     assert set(codes) <= {200, 422, 503} and codes.count(200) >= 2, codes
     print(f"peak RSS grew by {grown:.0f} MB")
     assert grown < 500, f"peak RSS grew by {grown:.0f} MB"
+
+
+def test_serve_load_disturbers_send_the_largest_request_the_limits_allow() -> None:
+    """benchmarks/serve_load.py --disturb: its large request is within every default limit (so it is
+    queued, not refused with 413) and near the body limit."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        from serve_load import large_request
+    finally:
+        sys.path.pop(0)
+    request = large_request([HEADLINE] * 3)
+    head, body = request.split(b"\r\n\r\n", 1)
+    texts = json.loads(body)["texts"]
+    limits = Limits()
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert 1_800_000 < len(body) <= limits.max_body_bytes
+    assert len(texts) <= limits.max_texts and all(len(t) == limits.max_chars for t in texts)
