@@ -195,6 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another run directory whose class probabilities are averaged with RUN_DIR's (repeatable)")
     add_settings(p, TrainConfig, ("device", "threads"))
     p.add_argument("--json", action="store_true", help="JSON lines with all class probabilities")
+    p.add_argument("--explain", action="store_true", help="add each word's attribution to the predicted class "
+                   "(as `rnntext explain`; needs Captum: pip install 'rnntext[explain]')")
+
+    p = sub.add_parser("explain", help="which words made a prediction: each word's attribution to a class")
+    p.add_argument("run_dir")
+    p.add_argument("texts", nargs="*", help="texts (none and no --file: one per line on stdin)")
+    p.add_argument("--file", help="a file with one text per line (explained after any texts given)")
+    p.add_argument("--label", help="the class to explain (default: the predicted one)")
+    p.add_argument("--ensemble", action="append", default=[], metavar="RUN_DIR",
+                   help="another run directory: explain the ensemble (the mean of the runs' attributions)")
+    p.add_argument("--method", choices=("ig", "occlusion"), default="ig",
+                   help="ig: integrated gradients over the embedding layer, from <pad> (Captum); occlusion: "
+                   "replace one word at a time by <pad> (default: ig)")
+    p.add_argument("--steps", type=int, default=32, metavar="N", help="integration steps of ig (default: 32)")
+    add_settings(p, TrainConfig, ("device", "threads"))
+    p.add_argument("--json", action="store_true", help="one JSON object per text")
 
     p = sub.add_parser("compare", help="train several models on one dataset; write report.html and report.md")
     data = p.add_argument_group("data")
@@ -367,12 +383,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference.predictor import Predictor
-
-    train = given(args, TrainConfig)
-    # a bad run dir fails before stdin is read
-    predictor = Predictor.load([args.run_dir, *args.ensemble], train.get("device", "auto"), train.get("threads"))
+def _read_texts(args: argparse.Namespace) -> list[str]:
+    """The texts given as arguments, then --file's lines, or else stdin's lines."""
     texts = list(args.texts)
     if args.file:  # after any texts given as arguments
         from .data.readers import iter_text_lines
@@ -382,12 +394,67 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if sys.stdin.isatty():  # otherwise a forgotten argument looks like a hang
             print("rnntext: reading texts from the terminal, one per line; end with Ctrl-D", file=sys.stderr)
         texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
-    for pred in predictor.predict(texts):
-        if args.json:
-            print(json.dumps(pred.to_dict(), ensure_ascii=False))
-        else:
-            print(f"{pred.label}\t{pred.probabilities[pred.label]:.4f}")
+    return texts
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference.predictor import Predictor
+
+    train = given(args, TrainConfig)
+    # a bad run dir fails before stdin is read
+    predictor = Predictor.load([args.run_dir, *args.ensemble], train.get("device", "auto"), train.get("threads"))
+    texts = _read_texts(args)
+    if args.explain:
+        for ex in predictor.explain(texts):
+            if args.json:
+                d = ex.to_dict()
+                print(json.dumps({"label": d["predicted"], "probabilities": d["probabilities"],
+                                  "explanation": {k: d[k] for k in ("method", "delta", "attributions", "ngrams")
+                                                  if k in d}}, ensure_ascii=False))
+            else:
+                words = " ".join(f"{t}:{a:+.3f}" for t, a in zip(ex.tokens, ex.attributions))
+                print(f"{ex.predicted}\t{ex.probabilities[ex.predicted]:.4f}\t{words}")
+        return 0
+    for chunk in predictor.chunks(texts):  # printed as predicted: memory does not grow with the input
+        for pred in predictor.predict(list(chunk)):  # a NaN model is an error (never bare NaN in --json)
+            if args.json:
+                print(json.dumps(pred.to_dict(), ensure_ascii=False, allow_nan=False))
+            else:
+                print(f"{pred.label}\t{pred.probabilities[pred.label]:.4f}")
     return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .inference.predictor import Predictor
+
+    if args.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {args.steps}")
+    train = given(args, TrainConfig)
+    predictor = Predictor.load([args.run_dir, *args.ensemble], train.get("device", "auto"), train.get("threads"))
+    if args.label is not None and args.label not in predictor.labels:
+        raise ConfigError(f"--label {args.label!r} is not a class of this model: {', '.join(predictor.labels)}")
+    texts = _read_texts(args)
+    for i, ex in enumerate(predictor.explain(texts, args.label, args.method, args.steps)):
+        if args.json:
+            print(json.dumps({"text": texts[i], **ex.to_dict()}, ensure_ascii=False))
+            continue
+        how = (f"integrated gradients, delta {ex.delta:+.4f}" if ex.method == "ig" else "occlusion")
+        print(f"{ex.label} {ex.probabilities[ex.label]:.4f}" + ("" if ex.label == ex.predicted else
+              f" (predicted: {ex.predicted} {ex.probabilities[ex.predicted]:.4f})") + f"  [{how}]")
+        print(_attribution_lines(ex.tokens, ex.attributions))
+        if i + 1 < len(texts):
+            print()
+    return 0
+
+
+def _attribution_lines(tokens: list[str], attributions: list[float], width: int = 20) -> str:
+    """One line per word: the word, its attribution, and a bar (+ for, - against the class)."""
+    if not tokens:
+        return "  (no words)"
+    top = max(abs(a) for a in attributions) or 1.0
+    pad = min(24, max(len(t) for t in tokens))
+    return "\n".join(f"  {t:<{pad}} {a:+.4f}  {('+' if a >= 0 else '-') * round(width * abs(a) / top)}"
+                     for t, a in zip(tokens, attributions))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -432,8 +499,8 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare,
-            "serve": cmd_serve, "vectors": cmd_vectors}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "explain": cmd_explain,
+            "compare": cmd_compare, "serve": cmd_serve, "vectors": cmd_vectors}
 
 
 def _ignore_sigint() -> None:
@@ -448,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse gives `predict RUN --json "text"`'s texts no home once an option followed RUN: take them here.
-    if extra and args.command == "predict" and not any(e.startswith("-") and e != "--" for e in extra):
+    if extra and args.command in ("predict", "explain") and not any(e.startswith("-") and e != "--" for e in extra):
         args.texts += [e for e in extra if e != "--"]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

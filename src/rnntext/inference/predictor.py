@@ -89,6 +89,15 @@ class Predictor:
         return [Prediction(self.labels[b], dict(zip(self.labels, (round(p, 6) for p in row))))
                 for b, row in zip(best, rows)]
 
+    def explain(self, texts: list[str] | str, label: str | None = None, method: str = "ig",
+                steps: int | None = None) -> list:
+        """Each word's attribution to the probability of the predicted class (or of `label`), one
+        rnntext.inference.explain.Explanation per text; an ensemble's: the mean over its runs. Needs
+        Captum (`pip install 'rnntext[explain]'`)."""
+        from .explain import DEFAULT_STEPS, explain
+
+        return explain(self, texts, label, method, steps or DEFAULT_STEPS)
+
 
 def load(run_dir: str | Path | Sequence[str | Path], device: str = "auto", threads: int | None = None) -> Predictor:
     """A trained model ready to predict, from the run directory `rnntext train --out` wrote; given
