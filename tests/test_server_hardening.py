@@ -326,6 +326,19 @@ def test_deadlines_leave_normal_requests_alone(guarded: LiveServer) -> None:
             time.sleep(0.3)  # within the keep-alive timeout: the connection is reused
 
 
+def test_a_real_server_answers_the_issues_bodies_with_422(guarded: LiveServer) -> None:
+    """The same bodies through uvicorn on a socket: 422 and JSON, the connection still usable."""
+    with httpx.Client(base_url=guarded.url, timeout=30) as c:
+        for name, body in ISSUE_BODIES.items():
+            r = c.post("/predict", content=body, headers=JSON)
+            assert r.status_code == 422 and r.json()["detail"], (name, r.status_code, r.text[:200])
+        spec = c.get("/openapi.json").json()
+    body_schema = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body_schema == {"$ref": "#/components/schemas/PredictRequest"}
+    assert spec["components"]["schemas"]["PredictRequest"]["required"] == ["texts"]
+    assert {"413", "422", "503"} <= set(spec["paths"]["/predict"]["post"]["responses"])
+
+
 def test_batch_wait_inf_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for value in ("inf", "nan", "1e9"):
         assert main(["serve", str(tmp_path), "--batch-wait-ms", value]) == 2
