@@ -344,6 +344,9 @@ def _fit(trainer: Trainer, ckpt: ckpt_io.Checkpoint | None = None) -> TrainResul
             raise
         raise err from e
     finally:
+        # DistributedDataParallel's reducer holds the process group: release it first, so that the group
+        # is really torn down here and not by the interpreter's exit (where gloo's threads can abort it)
+        trainer.train_module = trainer.model
         trainer.dist.close()
 
 
