@@ -376,34 +376,45 @@ def test_sigterm_stops_a_server_held_by_a_half_sent_request(trained_run: Path) -
     assert rc in (0, -signal.SIGTERM) and took < 10, (rc, took)
 
 
-def _peak_rss_mb(pid: int) -> float:
+def _status_mb(pid: int, field: str) -> float:
+    """A /proc/PID/status figure in MiB: VmHWM (peak resident memory), VmSize (address space)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+@pytest.mark.skipif(not Path("/proc/self/status").exists() or not hasattr(__import__("resource"), "prlimit"),
+                    reason="reads /proc, caps the server with prlimit (Linux)")
 def test_memory_stays_bounded_under_the_largest_requests(trained_run: Path) -> None:
-    """Requests at every limit at once (bodies near --max-body-bytes, texts of --max-chars characters of
-    the shortest words, so the most tokens): the server's peak memory grows by a bounded amount, the
-    queue refuses what it cannot hold."""
+    """Requests at every limit at once, in a server whose address space is capped (RLIMIT_AS) at what it
+    had when idle plus 1 GiB: bodies at --max-body-bytes (parsed, then refused), texts of --max-chars
+    characters of the shortest words (the most tokens), --max-texts texts, more than the queue holds. Every
+    request is answered (200, 422 or 503, never a 500 from a MemoryError), the server lives on, and its
+    peak resident memory grows by less than 500 MB."""
+    import resource
+
     text = ("a " * 10_000)[:20_000]  # 10,000 tokens: the most a 20,000-character text can have
-    body = json.dumps({"texts": [text] * 12}).encode()  # 240 KB; the body limit is checked by its own test
+    body = json.dumps({"texts": [text] * 12}).encode()  # 120,000 tokens
     many = json.dumps({"texts": ["x"] * 256}).encode()  # --max-texts texts
-    with server_process(trained_run, ["--max-queue", "256", "--max-body-bytes", "2000000"]) as srv:
+    huge = json.dumps({"texts": [text] * 95}).encode()[:-2] + b", 1]}"  # 1.9 MB, parsed whole, then 422
+    assert 1_900_000 < len(huge) <= 2_000_000
+    with server_process(trained_run, ["--max-queue", "256"]) as srv:
         assert httpx.post(srv.url + "/predict", json={"texts": [HEADLINE] * 256}, timeout=60).status_code == 200
-        base = _peak_rss_mb(srv.proc.pid)
+        base = _status_mb(srv.proc.pid, "VmHWM")
+        cap = int((_status_mb(srv.proc.pid, "VmSize") + 1024) * 2**20)
+        resource.prlimit(srv.proc.pid, resource.RLIMIT_AS, (cap, cap))
 
         async def load() -> list[int]:
             async with httpx.AsyncClient(base_url=srv.url, timeout=120) as c:
                 rs = await asyncio.gather(*(c.post("/predict", content=b, headers=JSON)
-                                            for b in [body] * 4 + [many] * 2 + [b"{" * 1_900_000]))
+                                            for b in [body] * 4 + [many] * 2 + [huge] * 3 + [b"{" * 1_900_000]))
             return [r.status_code for r in rs]
 
         codes = asyncio.run(load())
-        grown = _peak_rss_mb(srv.proc.pid) - base
-    assert set(codes) <= {200, 422, 503} and codes.count(200) >= 2, codes
+        grown = _status_mb(srv.proc.pid, "VmHWM") - base
+        assert httpx.get(srv.url + "/health", timeout=30).status_code == 200  # alive, under its cap
+    assert set(codes) <= {200, 422, 503} and codes.count(200) >= 2 and codes.count(422) == 4, codes
     print(f"peak RSS grew by {grown:.0f} MB")
     assert grown < 500, f"peak RSS grew by {grown:.0f} MB"
 
