@@ -1,6 +1,7 @@
 """HTTP API for a trained run: `rnntext serve RUN_DIR`.
 
-POST /predict {"texts": [...]} -> {"predictions": [{"label", "probabilities"}, ...]}; GET /labels;
+POST /predict {"texts": [...]} -> {"predictions": [{"label", "probabilities"}, ...]}; POST /explain
+{"texts": [...], "label": optional} -> {"explanations": [{"label", "attributions", ...}, ...]}; GET /labels;
 GET /health (with batching counters); GET / (a web page); OpenAPI at /openapi.json and /docs.
 
 Concurrent requests are batched: each request puts its texts on a queue and waits; one worker
@@ -119,6 +120,7 @@ class MicroBatcher:
             item = self._items.popleft()
             if not item.fut.done():
                 item.fut.set_exception(RuntimeError("server shutting down"))
+                item.fut.exception()  # its waiter, if any, still gets it; no "never retrieved" warning
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def enqueue(self, texts: list[str]) -> asyncio.Future:
@@ -230,6 +232,35 @@ class PredictionOut(BaseModel):
 
 class PredictResponse(BaseModel):
     predictions: list[PredictionOut]
+
+
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"texts": ["Stocks rally as oil prices fall"]}, {"texts": ["Late goal"], "label": "Sports"}]})
+
+    texts: list[str] = Field(min_length=1, description="texts to explain")
+    label: str | None = Field(None, description="the class to explain (default: each text's predicted class)")
+
+
+class Attribution(BaseModel):
+    token: str
+    attribution: float = Field(description="the word's contribution to the probability of `label`")
+
+
+class ExplanationOut(BaseModel):
+    label: str = Field(description="the class explained")
+    predicted: str = Field(description="the most probable class")
+    probabilities: dict[str, float] = Field(description="probability of every class")
+    method: str = Field(description="ig: integrated gradients over the embedding layer, from <pad>")
+    delta: float | None = Field(description="convergence delta: sum of attributions minus the change of "
+                                "probability from the all-<pad> text")
+    attributions: list[Attribution] = Field(description="each word of the text as tokenised, in order")
+    ngrams: list[Attribution] = Field([], description="n-gram tokens (runs trained with ngrams > 1); their "
+                                      "attributions are already shared out among their words")
+
+
+class ExplainResponse(BaseModel):
+    explanations: list[ExplanationOut]
 
 
 class LabelsResponse(BaseModel):
@@ -528,6 +559,43 @@ def create_app(predictor: Predictor, *, limits: Limits | None = None, max_batch_
             out.append({"label": labels[best], "probabilities": {k: round(p, 6) for k, p in zip(labels, row)}})
         return {"predictions": out}
 
+    @app.post("/explain", response_model=ExplainResponse, responses={
+        413: {"description": "too many texts, a text too long, or the body too large"},
+        422: {"description": "a body that is not JSON, not {\"texts\": [string, ...], \"label\": ...}, "
+                             "or a label the model does not have"},
+        501: {"description": "the server has no Captum (pip install 'rnntext[explain]')"}},
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ExplainRequest"}}}}})
+    async def explain(request: Request) -> Any:
+        """Each word's attribution to the probability of the predicted class (or of `label`), for each
+        text in the order given: integrated gradients over the embedding layer (rnntext explain). It
+        costs tens to hundreds of times a prediction; it runs on the model's thread, between batches."""
+        if "json" not in request.headers.get("content-type", ""):
+            return unprocessable([{"type": "content_type", "loc": ["header", "content-type"],
+                                   "msg": "expected a JSON body"}], request)
+        try:
+            req = ExplainRequest.model_validate_json(await request.body())
+        except ValidationError as e:
+            return unprocessable(error_list(e.errors(include_url=False)), request)
+        if req.label is not None and req.label not in labels:
+            return unprocessable([{"type": "label", "loc": ["body", "label"], "input": json_safe(req.label),
+                                   "msg": f"not a class of this model: {', '.join(labels)}"}], request)
+        if len(req.texts) > limits.max_texts:
+            raise HTTPException(413, f"too many texts: {len(req.texts)}; the limit is {limits.max_texts} "
+                                "per request, split them over several requests")
+        for i, text in enumerate(req.texts):
+            if len(text) > limits.max_chars:
+                raise HTTPException(413, f"texts[{i}] has {len(text):,} characters; the limit is "
+                                    f"{limits.max_chars:,} per text")
+        from ..errors import ConfigError
+
+        loop = asyncio.get_running_loop()
+        try:  # on the model's one thread: never beside a prediction batch
+            out = await loop.run_in_executor(batcher._executor, predictor.explain, req.texts, req.label)
+        except ConfigError as e:  # no Captum
+            raise HTTPException(501, str(e)) from None
+        return {"explanations": [e.to_dict() for e in out]}
+
     base_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -535,6 +603,8 @@ def create_app(predictor: Predictor, *, limits: Limits | None = None, max_batch_
             schema = base_openapi()
             schema.setdefault("components", {}).setdefault("schemas", {})["PredictRequest"] = \
                 PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            schema["components"]["schemas"]["ExplainRequest"] = \
+                ExplainRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
