@@ -190,3 +190,31 @@ def test_command_line_reads_a_file(runs: dict[str, Path], tmp_path: Path, capsys
     code, out, err = _cli(capsys, "explain", str(runs["cnn"]), "--file", str(f), "--json")
     assert code == 0, err
     assert [json.loads(x)["predicted"] for x in out.splitlines()] == ["green", "red"]
+
+
+def test_server_explains(runs: dict[str, Path]) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from rnntext.serving.server import Limits, create_app
+
+    predictor = rnntext.load(runs["bag"], device="cpu", threads=1)
+    want = predictor.explain(["w1 azure w2", "emerald"])
+    with TestClient(create_app(predictor, limits=Limits(max_texts=2, max_chars=50))) as client:
+        r = client.post("/explain", json={"texts": ["w1 azure w2", "emerald"]})
+        assert r.status_code == 200, r.text
+        got = r.json()["explanations"]
+        assert [e["label"] for e in got] == ["blue", "green"]
+        assert [a["token"] for a in got[0]["attributions"]] == ["w1", "azure", "w2"]
+        assert [a["attribution"] for a in got[0]["attributions"]] == pytest.approx(want[0].attributions, abs=1e-5)
+        r = client.post("/explain", json={"texts": ["w1 azure w2"], "label": "red"})
+        assert r.status_code == 200 and r.json()["explanations"][0]["label"] == "red"
+        assert client.post("/explain", json={"texts": ["w1"], "label": "purple"}).status_code == 422
+        assert client.post("/explain", json={"texts": []}).status_code == 422
+        assert client.post("/explain", json={"texts": "w1"}).status_code == 422
+        assert client.post("/explain", json={"texts": ["w1"], "other": 1}).status_code == 422
+        assert client.post("/explain", content=b"{not json", headers={"content-type": "application/json"}
+                           ).status_code == 422
+        assert client.post("/explain", json={"texts": ["a", "b", "c"]}).status_code == 413
+        assert client.post("/explain", json={"texts": ["x" * 51]}).status_code == 413
+        assert "/explain" in client.get("/openapi.json").json()["paths"]
