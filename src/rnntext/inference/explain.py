@@ -43,7 +43,11 @@ if TYPE_CHECKING:
     from .predictor import Predictor
 
 METHODS = ("ig", "occlusion")
-DEFAULT_STEPS = 32  # integration steps (Gauss-Legendre): the convergence delta is ~1e-3 of the probability or less
+DEFAULT_STEPS = 32  # integration steps (Gauss-Legendre): median convergence delta 0.003 on AG News
+# A text whose |delta| is past this is integrated again with REFINE x the steps (a saturated model's probability
+# can turn sharply along the path, between the steps): 32 steps leave 10% of AG News texts above 0.17.
+DELTA_TOL = 0.02
+REFINE = 4
 CHUNK_TOKENS = 4096  # texts explained together: rows x longest text
 # rows x longest text x (integration steps or occlusions) per model call (memory: a recurrent model keeps every step)
 CALL_TOKENS = 64 * 1024
@@ -181,12 +185,14 @@ def attribute(model: TextClassifier, rows: Sequence[Sequence[int]], targets: Seq
             per_call = max(1, CALL_TOKENS // ids.numel())  # integration steps or occlusions per model call
             target = torch.tensor([targets[i] for i in chunk], device=device)
             if method == "ig":
-                lig = attr.LayerIntegratedGradients(f, f.vectors)
-                a, delta = lig.attribute(ids, baselines=torch.full_like(ids, PAD_ID), target=target,
-                                         additional_forward_args=(lengths,), n_steps=steps,
-                                         internal_batch_size=ids.shape[0] * min(steps, per_call),
-                                         return_convergence_delta=True)
-                scores = a.sum(-1)
+                scores, delta = _integrate(attr, f, ids, lengths, target, steps, per_call)
+                rough = (delta.abs() > DELTA_TOL).nonzero().flatten()
+                if len(rough):  # those again, with more steps; the smaller delta is kept
+                    more, more_delta = _integrate(attr, f, ids[rough], lengths[rough], target[rough], steps * REFINE,
+                                                  per_call)
+                    better = more_delta.abs() < delta[rough].abs()
+                    scores[rough[better]] = more[better]
+                    delta[rough[better]] = more_delta[better]
                 for k, i in enumerate(chunk):
                     deltas[i] = float(delta[k])
             else:
@@ -198,6 +204,17 @@ def attribute(model: TextClassifier, rows: Sequence[Sequence[int]], targets: Seq
             for k, i in enumerate(chunk):
                 out[i] = scores[k, : len(rows[i])].tolist()
     return out, deltas
+
+
+def _integrate(attr: Any, f: _PositionModel, ids: Tensor, lengths: Tensor, target: Tensor, steps: int,
+               per_call: int) -> tuple[Tensor, Tensor]:
+    """Integrated gradients of each token (summed over the embedding) and the convergence delta of each row."""
+    lig = attr.LayerIntegratedGradients(f, f.vectors)
+    a, delta = lig.attribute(ids, baselines=torch.full_like(ids, PAD_ID), target=target,
+                             additional_forward_args=(lengths,), n_steps=steps,
+                             internal_batch_size=ids.shape[0] * max(1, min(steps, per_call)),
+                             return_convergence_delta=True)
+    return a.sum(-1).detach(), delta.detach()
 
 
 def _words_and_ngrams(words: list[str], n: int, scores: list[float]) -> tuple[list[float], list[tuple[str, float]]]:
