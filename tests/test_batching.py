@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -169,3 +170,101 @@ def test_eval_batches_token_cap(lengths: list[int], batch_size: int, max_tokens:
             assert b.numel() == batch_size or (b.numel() + 1) * int(lens[nxt]) > max_tokens
     assert [b.tolist() for b in eval_batches(lens, batch_size, 10**9)] == [
         b.tolist() for b in eval_batches(lens, batch_size)]
+
+
+# --- the token budget (train.max_batch_tokens) ----------------------------------------------------
+
+
+def _epoch_batches_before_the_budget(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int,
+                                     bucket: bool = True, bucket_batches: int = 50) -> list[torch.Tensor]:
+    """epoch_batches as it was before the token budget: the default AG News run depends on it."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(lengths.numel(), generator=g)
+    if not bucket:
+        return list(perm.split(batch_size))
+    batches: list[torch.Tensor] = []
+    for part in perm.split(batch_size * bucket_batches):
+        order = torch.argsort(lengths[part], stable=True)
+        batches.extend(part[order].split(batch_size))
+    shuffle = torch.randperm(len(batches), generator=g)
+    return [batches[i] for i in shuffle.tolist()]
+
+
+def test_ag_news_batches_unchanged_by_the_default_budget(ag_news_dir) -> None:
+    # the real AG News (20k) training rows, tokenised and split as the default run does: with the
+    # default budget no batch of 128 changes (its longest text is 187 tokens: 128 x 187 < 64k)
+    from rnntext.config import DataConfig, TrainConfig
+    from rnntext.data import prepare
+
+    prepared = prepare(DataConfig(dataset="ag_news", data_dir=str(ag_news_dir)), progress=False)
+    lengths = prepared.train.lengths
+    assert len(lengths) == 19_000 and int(lengths.max()) < DataConfig().max_len
+    t = TrainConfig()
+    for seed, epoch, bucket in [(0, 0, True), (0, 1, True), (0, 4, True), (7, 2, True), (0, 0, False), (3, 1, False)]:
+        now = epoch_batches(lengths, t.batch_size, seed, epoch, bucket, max_tokens=t.max_batch_tokens)
+        before = _epoch_batches_before_the_budget(lengths, t.batch_size, seed, epoch, bucket)
+        assert len(now) == len(before) and all(torch.equal(a, b) for a, b in zip(now, before))
+
+
+def _budget_lengths(seed: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    short = (torch.rand(3000, generator=g) ** 3 * 300).long() + 1
+    long = torch.randint(300, 20_000, (200,), generator=g)
+    return torch.cat([short, long, torch.tensor([65_536, 1])])[torch.randperm(3202, generator=g)]
+
+
+@pytest.mark.parametrize("bucket", [True, False])
+def test_budget_bounds_every_batch_and_keeps_epochs_equal(bucket: bool) -> None:
+    lengths, budget = _budget_lengths(), 65_536
+    counts = set()
+    for epoch in range(4):
+        batches = epoch_batches(lengths, 128, seed=5, epoch=epoch, bucket=bucket, max_tokens=budget)
+        assert sorted(torch.cat(batches).tolist()) == list(range(len(lengths)))  # every row once
+        assert all(1 <= b.numel() <= 128 and b.numel() * int(lengths[b].max()) <= budget for b in batches)
+        counts.add(len(batches))
+        # a pure function of (seed, epoch): what resume depends on
+        again = epoch_batches(lengths, 128, seed=5, epoch=epoch, bucket=bucket, max_tokens=budget)
+        assert all(torch.equal(a, b) for a, b in zip(batches, again))
+    assert len(counts) == 1  # the same number of steps every epoch (the LR schedule, checkpoints)
+    # short texts still fill whole batches; long ones come in powers of two, shuffled among the rest
+    batches = epoch_batches(lengths, 128, seed=5, epoch=0, bucket=bucket, max_tokens=budget)
+    sizes = {b.numel() for b in batches}
+    assert 128 in sizes and 1 in sizes
+    maxima = [int(lengths[b].max()) for b in batches]
+    assert maxima.index(65_536) not in (0, len(batches) - 1) or bucket is False
+
+
+@given(st.lists(st.integers(1, 2000), min_size=1, max_size=200), st.integers(1, 64), st.integers(1, 4000),
+       st.integers(0, 3), st.booleans())
+def test_budget_property(lengths: list[int], batch_size: int, max_tokens: int, epoch: int, bucket: bool) -> None:
+    lens = torch.tensor(lengths).clamp(max=max_tokens)  # the trainer cuts texts to the budget first
+    batches = epoch_batches(lens, batch_size, 0, epoch, bucket, bucket_batches=3, max_tokens=max_tokens)
+    assert sorted(torch.cat(batches).tolist()) == list(range(len(lengths)))
+    assert all(b.numel() <= batch_size and b.numel() * int(lens[b].max()) <= max_tokens for b in batches)
+    assert len(batches) == len(epoch_batches(lens, batch_size, 0, epoch + 1, bucket, 3, max_tokens))
+
+
+def test_truncated_cuts_each_text_to_its_first_tokens() -> None:
+    vocab = Vocab.build([["a", "b", "c", "d"]])
+    texts = [["a", "b", "c", "d", "a"], ["b"], ["c", "d", "a"]]
+    enc = encode_tokens(texts, vocab, [0, 1, 0])
+    cut = enc.truncated(2)
+    assert cut.lengths.tolist() == [2, 1, 2] and cut.labels.tolist() == [0, 1, 0]
+    assert cut.tokens.tolist() == vocab.encode(["a", "b", "b", "c", "d"])
+    assert enc.truncated(5) is enc
+    # encoding with max_len cuts the same way
+    assert torch.equal(encode_tokens(texts, vocab, [0, 1, 0], max_len=2).tokens, cut.tokens)
+
+
+def test_predict_logits_cuts_a_text_longer_than_the_budget() -> None:
+    from rnntext.config import ModelConfig
+    from rnntext.model import build_model
+    from rnntext.training.logits import predict_logits
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=10, num_classes=3, embed_dim=8, hidden_dim=8))
+    long = encode_tokens([[str(i % 7) for i in range(500)], ["1", "2"]], Vocab.build([[str(i) for i in range(7)]]))
+    cut = predict_logits(model, long, torch.device("cpu"), max_tokens=100)
+    # (one text per call here, both together there: the same logits up to rounding)
+    torch.testing.assert_close(cut, predict_logits(model, long.truncated(100), torch.device("cpu"), max_tokens=None))
+    assert not torch.allclose(cut, predict_logits(model, long, torch.device("cpu"), max_tokens=None))

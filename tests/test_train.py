@@ -229,3 +229,133 @@ def test_lr_schedule_any_number_of_steps(total_steps: int) -> None:
         schedule.step()
         lrs.append(optimizer.param_groups[0]["lr"])
     assert all(0 < lr <= 0.01 + 1e-12 for lr in lrs)
+
+
+# ---- a NaN loss stops the run; option values that cannot train ---------------------------------
+
+
+def _own_rows(write_data: Callable[..., Path], n: int = 240) -> Path:
+    return write_data("train.csv", ["text", "label"], [(r[1], r[2]) for r in _synthetic(n)])
+
+
+def test_nan_loss_stops_the_run_without_a_finished_run_directory(write_data: Callable[..., Path], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Whatever makes the loss NaN (here: the 3rd step of epoch 2), the run stops with one line and exit
+    status 2; the checkpoint of epoch 1 stays, and nothing looks like a finished run."""
+    from rnntext.cli import main
+    from rnntext.training import checkpoint as ckpt_io
+
+    step = Trainer.train_step
+
+    def nan_at_epoch_2_step_3(self: Trainer, batch):  # noqa: ANN001, ANN202
+        loss, ok, n = step(self, batch)
+        return (float("nan") if self.epoch == 1 and self.step == 2 else loss), ok, n
+
+    monkeypatch.setattr(Trainer, "train_step", nan_at_epoch_2_step_3)
+    out = tmp_path / "run"
+    rc = main(["train", "--train", str(_own_rows(write_data)), "--out", str(out), "--epochs", "2", "--batch-size",
+               "32", "--embed-dim", "16", "--hidden-dim", "16", "--threads", "1", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("rnntext: error: training diverged: the training loss is nan at epoch 2, step 3 of "), err
+    assert "Traceback" not in err and "keeps its last checkpoint" in line
+    assert not (out / "config.json").exists() and not (out / "model.safetensors").exists()
+    manifest = ckpt_io.read_manifest(out)
+    assert manifest["finished"] is False and manifest["progress"]["epoch"] == 1 and manifest["progress"]["step"] == 0
+
+
+def test_nan_weights_stop_at_the_first_step(write_data: Callable[..., Path]) -> None:
+    """A real NaN: weights that are NaN make the first loss NaN (no monkeypatching of the loop)."""
+    from rnntext.training.trainer import TrainingDiverged
+
+    cfg = make_tiny_config(data__train=str(_own_rows(write_data)))
+    trainer = Trainer(cfg, progress=False, log=_quiet)
+    with torch.no_grad():
+        trainer.model.embedding.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at epoch 1, step 1 of \d+; stopped, nothing was saved"):
+        trainer.fit()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "inf"], "--lr must be a finite number"),
+    (["--lr", "1e30"], "--lr must be <= 10"),
+    (["--clip", "nan"], "--clip must be a finite number"),
+    (["--weight-decay", "inf"], "--weight-decay must be a finite number"),
+    (["--weight-decay", "nan"], "--weight-decay must be a finite number"),
+    (["--weight-decay", "1e30"], "--weight-decay must be <= 100"),
+    (["--device", "meta"], "--device must be auto, cpu, cuda or cuda:N"),
+    (["--device", "mps"], "--device must be auto, cpu, cuda or cuda:N"),
+    (["--num-layers", "100000"], "--num-layers must be <= 64"),
+    (["--ngrams", "1000000"], "--ngrams must be <= 8"),
+    (["--max-batch-tokens", "0"], "--max-batch-tokens must be >= 1"),
+    (["--max-len", "0"], "--max-len must be >= 1"),
+])
+def test_option_values_that_cannot_train_are_one_line_errors(argv: list[str], message: str, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from rnntext.cli import main
+
+    assert main(["train", "--train", str(tmp_path / "never-read.csv"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"rnntext: error: {message}"), err
+
+
+@pytest.mark.parametrize("argv", [["serve", "RUN", "--port", "70000"], ["serve", "RUN", "--device", "meta"],
+                                  ["predict", "RUN", "x", "--device", "mps"], ["evaluate", "RUN", "--device", "meta"]])
+def test_other_commands_reject_such_values(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from rnntext.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rnntext: error: --"), err
+
+
+def test_seed_must_be_an_integer(capsys: pytest.CaptureFixture[str]) -> None:
+    from rnntext.cli import main
+
+    with pytest.raises(SystemExit) as e:  # argparse's own usage error (exit 2), no traceback
+        main(["train", "--train", "x.csv", "--seed", "1e23"])
+    assert e.value.code == 2 and "--seed: invalid int value: '1e23'" in capsys.readouterr().err
+
+
+# ---- a NaN model never prints NaN -----------------------------------------------------------------
+
+
+def _nan_run(trained_run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    from safetensors.torch import save_file
+
+    run = tmp_path / "nan_run"
+    shutil.copytree(trained_run, run)
+    weights = load_file(run / "model.safetensors")
+    save_file({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in weights.items()},
+              run / "model.safetensors")
+    return run
+
+
+def test_predict_json_of_a_nan_model_is_an_error_not_nan(trained_run: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from rnntext.cli import main
+
+    rc = main(["predict", str(_nan_run(trained_run, tmp_path)), "--json", "stocks rallied", "a new phone"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "NaN" not in out and "nan" not in out.lower()
+    for line in out.splitlines():  # whatever is printed is strict JSON
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} printed"))
+    assert err.count("\n") == 1 and err.startswith("rnntext: error: "), err
+
+
+def test_predictor_refuses_nan_probabilities(trained_run: Path) -> None:
+    from rnntext import fast
+    from rnntext.errors import CheckpointError
+
+    predictor = rnntext.load(trained_run, device="cpu")
+    assert predictor.predict(["stocks rallied"])[0].label in CLASSES
+    with torch.no_grad():
+        for q in predictor.run.model.parameters():
+            q.fill_(float("nan"))
+    predictor.forwards = [fast.inference_forward(r.model, predictor.device) for r in predictor.runs]
+    with pytest.raises(CheckpointError, match="NaN or infinite values"):
+        predictor.predict(["stocks rallied"])

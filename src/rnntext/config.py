@@ -15,7 +15,10 @@ Only the rules between settings (`--vocab-from-embeddings` needs `--embeddings`,
 
 Upper bounds stop absurd sizes with a message instead of an allocation failure or a hang:
 embed_dim and hidden_dim <= 65536, num_layers <= 64, ngrams <= 8, threads <= 1024, every integer
-within 64 bits (seed in 0..2**63-1), dist_timeout <= 1e9 s, batch_wait_ms <= 60000. Floats must be finite.
+within 64 bits (seed in 0..2**63-1), dist_timeout <= 1e9 s, batch_wait_ms <= 60000, lr <= 10 and
+weight_decay <= 100 (beyond, AdamW's step overflows: the loss turns NaN). Floats must be finite.
+Memory is bounded by max_batch_tokens (padded tokens per batch) and max_len (words kept per text), see
+docs/guides/limits.md.
 
 This module imports nothing from the rest of rnntext but errors (and no torch): the layers above it
 (data, model, training, serving, the CLI) import it. So the model name is not checked here against
@@ -55,6 +58,10 @@ MAX_DIM = 65536
 MAX_LAYERS = 64
 MAX_NGRAMS = 8
 MAX_THREADS = 1024
+MAX_LR = 10.0
+MAX_WEIGHT_DECAY = 100.0
+MAX_BATCH_TOKENS = 64 * 1024  # train.max_batch_tokens's default
+MAX_TEXT_TOKENS = 4096  # data.max_len's default
 
 # (section, field) -> how to name the setting in a message: "data.valid_split", "--valid-split", ...
 Namer = Callable[[str, str], str]
@@ -333,7 +340,12 @@ class DataConfig(Settings):
     min_freq: int = setting(2, min=1, help="minimum token count to enter the vocabulary")
     max_vocab: int | None = setting(None, min=3, show_default=False,
                                     help="vocabulary size cap, <pad> and <unk> included (>= 3)")
-    max_len: int | None = setting(None, min=1, help="tokens kept per text (default: all)", show_default=False)
+    # the memory bound on one text's length: a recurrent model's training keeps ~40 KB per time step whatever the
+    # batch (CPU autograd, default model), so a text of 50k tokens took 2 GB by itself; AG News's are <= 187
+    max_len: int | None = setting(MAX_TEXT_TOKENS, min=1, metavar="N",
+                                  help="words kept per text: a longer text is cut to its first N, in training and "
+                                       "prediction alike (the memory bound of one text; unset, --max-batch-tokens "
+                                       "cuts)")
     # pretrained word vectors (GloVe, word2vec, fastText .vec); read when training only
     embeddings: str | None = setting(None, path=True, metavar="PATH", group="vectors", show_default=False,
                                      help="GloVe / word2vec (text or .bin) / fastText .vec file, optionally .gz or "
@@ -390,9 +402,15 @@ class TrainConfig(Settings):
     epochs: int = setting(5, min=1, help="passes over the training data")
     # with lr 6e-3: as accurate as 64 / 3e-3 and ~1.5x faster on a CPU (tune.py)
     batch_size: int = setting(128, min=1, help="texts per batch")
-    lr: float = setting(6e-3, gt=0.0, help="peak learning rate")
+    # the memory bound of training and evaluation: 128 rows of 20 Newsgroups' longest texts took >24 GB
+    # without it; AG News's batches (128 x <= 187 tokens) are all well inside it
+    max_batch_tokens: int = setting(MAX_BATCH_TOKENS, min=1, metavar="N",
+                                    help="padded tokens (rows x longest text) per batch, in training, evaluation "
+                                         "and prediction: batches of long texts get fewer rows, and a text longer "
+                                         "than N tokens is cut to its first N")
+    lr: float = setting(6e-3, gt=0.0, max=MAX_LR, help="peak learning rate")
     schedule: str = setting("onecycle", choices=SCHEDULES, help="learning-rate schedule")
-    weight_decay: float = setting(0.1, min=0.0, help="decoupled weight decay (AdamW)")
+    weight_decay: float = setting(0.1, min=0.0, max=MAX_WEIGHT_DECAY, help="decoupled weight decay (AdamW)")
     clip: float | None = setting(1.0, gt=0.0, help="gradient norm clip")
     seed: int = setting(0, min=0, max=INT64_MAX, help="random seed (weights, shuffling, validation split)")
     device: str = _device()

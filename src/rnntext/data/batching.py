@@ -78,22 +78,54 @@ def make_batch(data: Encoded, index: Tensor, flat: bool) -> Batch:
 
 
 def epoch_batches(lengths: Tensor, batch_size: int, seed: int, epoch: int, bucket: bool = True,
-                  bucket_batches: int = 50) -> list[Tensor]:
+                  bucket_batches: int = 50, max_tokens: int | None = None) -> list[Tensor]:
     """The batches of one training epoch, a pure function of (seed, epoch) so that a resumed run
     sees the same order. With `bucket`, texts are sorted by length inside random chunks of
-    `bucket_batches` batches, cut into batches, and the batches shuffled."""
+    `bucket_batches` batches, cut into batches, and the batches shuffled.
+
+    With `max_tokens`, no batch holds more than max_tokens padded tokens (rows x its longest text).
+    Texts short enough that `batch_size` of them always fit (length <= max_tokens // batch_size) are
+    batched as above. Each longer one goes to the pool of its size class: batches of k rows, k the
+    largest power of two with k x length <= max_tokens, so every text of the class is at most
+    max_tokens // k long; each pool is batched the same way (shuffled, sorted in chunks, cut into
+    k rows). The number of batches depends on the lengths only, never on the epoch: every epoch has
+    the same number of steps (the LR schedule and checkpoints count on it). Where no text is long,
+    the batches are exactly those without `max_tokens`. A text longer than max_tokens makes a batch
+    of its own that exceeds the budget: the caller cuts texts to max_tokens first."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     n = lengths.numel()
     perm = torch.randperm(n, generator=g)
-    if not bucket:
-        return list(perm.split(batch_size))
+    pools = [(perm, batch_size)]
+    if max_tokens is not None:
+        size = long_batch_rows(lengths[perm], batch_size, max_tokens)  # rows per batch of each text's class
+        short = size == batch_size
+        if not bool(short.all()):
+            pools = [(perm[short], batch_size)] if bool(short.any()) else []
+            pools += [(perm[size == k], k) for k in sorted(set(size[~short].tolist()), reverse=True)]
     batches: list[Tensor] = []
-    chunk = batch_size * bucket_batches
-    for part in perm.split(chunk):
-        order = torch.argsort(lengths[part], stable=True)
-        batches.extend(part[order].split(batch_size))
+    for rows, k in pools:
+        if not bucket:
+            batches.extend(rows.split(k))
+            continue
+        for part in rows.split(k * bucket_batches):
+            order = torch.argsort(lengths[part], stable=True)
+            batches.extend(part[order].split(k))
+    if not bucket and len(pools) == 1 and pools[0][1] == batch_size:  # plain shuffled batches
+        return batches
     shuffle = torch.randperm(len(batches), generator=g)
     return [batches[i] for i in shuffle.tolist()]
+
+
+def long_batch_rows(lengths: Tensor, batch_size: int, max_tokens: int) -> Tensor:
+    """Rows per training batch for texts of these lengths (epoch_batches): batch_size where
+    batch_size x length fits in max_tokens, else the largest power of two k with k x length <=
+    max_tokens (at least 1)."""
+    fit = (max_tokens // lengths.clamp(min=1)).clamp(min=1)
+    size = torch.full_like(lengths, batch_size)
+    long = fit < batch_size
+    if bool(long.any()):
+        size[long] = torch.exp2(torch.floor(torch.log2(fit[long].double()))).long()
+    return size
 
 
 def eval_batches(lengths: Tensor, batch_size: int, max_tokens: int | None = None) -> list[Tensor]:

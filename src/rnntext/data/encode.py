@@ -36,6 +36,16 @@ class Encoded:
         torch.cumsum(lengths, 0, out=offsets[1:])
         return Encoded(self.tokens[positions], offsets, self.labels[index])
 
+    def truncated(self, max_len: int) -> Encoded:
+        """Each text cut to its first `max_len` tokens (self when none is longer)."""
+        lengths = self.lengths
+        if lengths.numel() == 0 or int(lengths.max()) <= max_len:
+            return self
+        kept = lengths.clamp(max=max_len)
+        offsets = torch.zeros_like(self.offsets)
+        torch.cumsum(kept, 0, out=offsets[1:])
+        return Encoded(self.tokens[_ranges(self.offsets[:-1], kept)], offsets, self.labels)
+
 
 def _ranges(starts: Tensor, lengths: Tensor) -> Tensor:
     """Concatenation of arange(s, s + l) for each (s, l), without a Python loop."""
@@ -47,12 +57,16 @@ def _ranges(starts: Tensor, lengths: Tensor) -> Tensor:
     return starts[seg] + (torch.arange(total) - first[seg])
 
 
-def encode_tokens(token_lists: list[list[str]], vocab: Vocab, labels: list[int] | None = None) -> Encoded:
-    """Map token lists to ids once. An empty text becomes a single <unk> so every row has a token."""
+def encode_tokens(token_lists: list[list[str]], vocab: Vocab, labels: list[int] | None = None,
+                  max_len: int | None = None) -> Encoded:
+    """Map token lists to ids once. An empty text becomes a single <unk> so every row has a token.
+    `max_len`: each text cut to its first max_len tokens (the token budget, train.max_batch_tokens)."""
     ids: list[int] = []
     offsets = [0]
     encode = vocab.encode
     for tokens in token_lists:
+        if max_len is not None and len(tokens) > max_len:
+            tokens = tokens[:max_len]
         ids.extend(encode(tokens) or [UNK_ID])
         offsets.append(len(ids))
     n = len(token_lists)

@@ -3,24 +3,32 @@ directories trained on the same labels, an ensemble: the mean of their class pro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .. import fast
+from ..config import MAX_BATCH_TOKENS
 from ..data import Encoded
 from ..data.encode import encode_tokens
-from ..errors import ConfigError
+from ..data.tokenizer import Tokenizer
+from ..errors import CheckpointError, ConfigError, RnnTextError
 from ..training.device import resolve_device, set_threads
 from ..training.logits import mean_probabilities
 from ..training.rundir import Run, load_run
 from .ensemble import member_dirs
 
-# A cap on rows x longest text per model call (memory: without the GRU's inference loop a model holds
-# every step's outputs); the texts per call are fast.prediction_batch() unless given.
-BATCH_TOKENS = 64 * 1024
+# The memory bound of prediction: a cap on rows x longest text per model call (without the GRU's inference
+# loop a model holds every step's outputs), and on the tokens of one text, which is cut to its first
+# BATCH_TOKENS. A run's own train.max_batch_tokens replaces it (its default is this): prediction cuts the
+# texts as its training did. The texts per call are fast.prediction_batch() unless given.
+BATCH_TOKENS = MAX_BATCH_TOKENS
+# Texts are tokenised and predicted this many (or this many characters) at a time: what is held besides
+# the texts themselves (token lists, ids) stays bounded however many there are.
+CHUNK_TEXTS = 16_384
+CHUNK_CHARS = 8_000_000
 
 
 @dataclass
@@ -63,31 +71,65 @@ class Predictor:
         runs = [load_run(d, dev) for d in dirs]
         return cls(runs[0], dev, runs[1:])
 
+    @staticmethod
+    def chunks(texts: Sequence[str]) -> Iterator[Sequence[str]]:
+        """`texts` in consecutive slices of at most CHUNK_TEXTS texts and (one long text aside)
+        CHUNK_CHARS characters."""
+        start, chars = 0, 0
+        for i, text in enumerate(texts):
+            if i > start and (i - start >= CHUNK_TEXTS or chars + len(text) > CHUNK_CHARS):
+                yield texts[start:i]
+                start, chars = i, 0
+            chars += len(text)
+        if start < len(texts):
+            yield texts[start:]
+
     def probabilities(self, texts: list[str], batch_size: int | None = None) -> torch.Tensor:
-        """[len(texts), classes] class probabilities (an ensemble's: the mean over its runs)."""
+        """[len(texts), classes] class probabilities (an ensemble's: the mean over its runs). Memory:
+        the texts are read CHUNK_TEXTS at a time, each cut to its run's token budget
+        (train.max_batch_tokens), and a model call holds at most that many padded tokens."""
+        texts = list(texts)
+        if len(texts) <= CHUNK_TEXTS and sum(map(len, texts)) <= CHUNK_CHARS:
+            return self._probabilities(texts, batch_size)
+        return torch.cat([self._probabilities(list(c), batch_size) for c in self.chunks(texts)])
+
+    def _probabilities(self, texts: list[str], batch_size: int | None) -> torch.Tensor:
         if not texts:
             return torch.zeros(0, len(self.labels))
-        texts = list(texts)
         tokenized: dict[tuple, list[list[str]]] = {}  # members with the same tokenizer settings share one pass
 
         def encoded(r: Run) -> Encoded:
-            t = r.tokenizer
+            t, budget = r.tokenizer, r.config.train.max_batch_tokens
+            # the words cut to the budget before n-grams are added: the tokens kept are those training kept
+            t = Tokenizer(t.name, t.ngrams, min(t.max_len or budget, budget))
             key = (t.name, t.ngrams, t.max_len)
             if key not in tokenized:
                 tokenized[key] = [t(x) for x in texts]
-            return encode_tokens(tokenized[key], r.vocab)
+            return encode_tokens(tokenized[key], r.vocab, max_len=budget)
 
         members = ((r.model, encoded(r), forward) for r, forward in zip(self.runs, self.forwards))
-        return mean_probabilities(members, (len(texts), len(self.labels)), self.device, batch_size, BATCH_TOKENS)
+        budget = max(r.config.train.max_batch_tokens for r in self.runs)
+        return mean_probabilities(members, (len(texts), len(self.labels)), self.device, batch_size, budget)
 
     def predict(self, texts: list[str] | str, batch_size: int | None = None) -> list[Prediction]:
+        """A NaN model (weights damaged, a diverged training) is an error, never NaN probabilities."""
         if isinstance(texts, str):
             texts = [texts]
         probs = self.probabilities(texts, batch_size)
+        finite = torch.isfinite(probs).all(1)
+        if not bool(finite.all()):
+            raise self._not_finite(int((~finite).nonzero()[0]))
         best = probs.argmax(1).tolist()
         rows = probs.tolist()
         return [Prediction(self.labels[b], dict(zip(self.labels, (round(p, 6) for p in row))))
                 for b, row in zip(best, rows)]
+
+    def _not_finite(self, i: int) -> RnnTextError:
+        for r in self.runs:
+            if not all(bool(torch.isfinite(q).all()) for q in r.model.parameters()):
+                return CheckpointError("the model's weights hold NaN or infinite values (a training that diverged?); "
+                                       "it cannot predict: retrain it", str(r.path))
+        return RnnTextError(f"the model's class probabilities for text {i + 1} are not finite numbers")
 
     def explain(self, texts: list[str] | str, label: str | None = None, method: str = "ig",
                 steps: int | None = None) -> list:

@@ -9,16 +9,20 @@ import torch
 from torch import Tensor
 
 from .. import fast
+from ..config import MAX_BATCH_TOKENS
 from ..data import Encoded, eval_batches, make_batch
 from ..model.base import TextClassifier
 
 
 @torch.inference_mode()
 def predict_logits(model: TextClassifier, data: Encoded, device: torch.device, batch_size: int = 512,
-                   max_tokens: int | None = None, forward: fast.Forward | None = None) -> Tensor:
+                   max_tokens: int | None = MAX_BATCH_TOKENS, forward: fast.Forward | None = None) -> Tensor:
     """Logits for every row of `data`, in its original order (batches sorted by length; see
-    eval_batches). `forward`: a kept fast.inference_forward(model, device) (a Predictor's);
-    by default one made for this call."""
+    eval_batches). `max_tokens`: the memory bound, padded tokens (rows x longest text) per model
+    call; a longer text is cut to its first max_tokens tokens (None: no bound). `forward`: a kept
+    fast.inference_forward(model, device) (a Predictor's); by default one made for this call."""
+    if max_tokens is not None:
+        data = data.truncated(max_tokens)
     was_training = model.training
     model.eval()
     run = forward or fast.inference_forward(model, device)
@@ -33,7 +37,7 @@ def predict_logits(model: TextClassifier, data: Encoded, device: torch.device, b
 
 def mean_probabilities(members: Iterable[tuple[TextClassifier, Encoded, fast.Forward | None]],
                        shape: tuple[int, int], device: torch.device, batch_size: int | None = 256,
-                       max_tokens: int | None = None) -> Tensor:
+                       max_tokens: int | None = MAX_BATCH_TOKENS) -> Tensor:
     """[texts, classes] mean of the members' class probabilities; each member is (model, the texts
     encoded with its own vocabulary, its kept inference forward or None). `batch_size` None: each
     model's prediction batch (fast.prediction_batch)."""

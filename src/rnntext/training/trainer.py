@@ -7,6 +7,8 @@ inference forward from rnntext.fast, which decides whether a CPU fast path appli
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import random
 import sys
 import time
@@ -20,10 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import fast
-from ..config import RunConfig
+from ..config import MAX_BATCH_TOKENS, RunConfig
 from ..data import Batch, Encoded, Prepared, epoch_batches, make_batch, padded_batches, prepare
 from ..data.vectors import Pretrained, describe, load_pretrained
-from ..errors import CheckpointError, TrainingInterrupted
+from ..errors import CheckpointError, RnnTextError, TrainingInterrupted
 from ..model import build_model
 from ..model.base import TextClassifier
 from . import checkpoint as ckpt_io
@@ -34,15 +36,21 @@ from .metrics import classification_report
 from .rundir import save_run, state_to_cpu
 
 
+class TrainingDiverged(RnnTextError):
+    """The training loss (or the weights) became NaN or infinite: the run stops without saving."""
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
 
 
 def evaluate_encoded(model: TextClassifier, data: Encoded, label_names: list[str], device: torch.device,
-                     dist: distributed.DistContext | None = None) -> dict[str, Any]:
-    """Metrics of `model` on `data`; with a distributed `dist`, every rank predicts its share of the rows."""
-    predict = lambda d: predict_logits(model, d, device).argmax(1)  # noqa: E731
+                     dist: distributed.DistContext | None = None,
+                     max_tokens: int | None = MAX_BATCH_TOKENS) -> dict[str, Any]:
+    """Metrics of `model` on `data`; with a distributed `dist`, every rank predicts its share of the rows.
+    `max_tokens`: padded tokens per model call (predict_logits)."""
+    predict = lambda d: predict_logits(model, d, device, max_tokens=max_tokens).argmax(1)  # noqa: E731
     pred = dist.predict_sharded(data, predict) if dist is not None else predict(data)
     return classification_report(data.labels, pred, label_names)
 
@@ -64,6 +72,19 @@ def make_schedule(cfg: RunConfig, optimizer: torch.optim.Optimizer, total_steps:
             optimizer, max_lr=cfg.train.lr, total_steps=total_steps, pct_start=max(0.25, 2 / total_steps),
             anneal_strategy="cos", cycle_momentum=False, div_factor=10.0, final_div_factor=100.0)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def cut_to_budget(prepared: Prepared, max_tokens: int, log: Callable[[str], None]) -> Prepared:
+    """The texts longer than the token budget (--max-batch-tokens) cut to their first max_tokens tokens:
+    a batch of one such text must fit in the budget too. Prediction cuts them the same way."""
+    cut = {}
+    for name in ("train", "valid", "test"):
+        enc: Encoded | None = getattr(prepared, name)
+        if enc is not None and len(enc) and int(enc.lengths.max()) > max_tokens:
+            log(f"{name}: {int((enc.lengths > max_tokens).sum())} texts longer than {max_tokens} tokens cut to "
+                f"their first {max_tokens} (--max-batch-tokens)")
+            cut[name] = enc.truncated(max_tokens)
+    return dataclasses.replace(prepared, **cut) if cut else prepared
 
 
 def pretrained_embeddings(cfg: RunConfig, prepared: Prepared, log: Callable[[str], None]) -> Pretrained | None:
@@ -110,6 +131,7 @@ class Trainer:
                  f"{len(p.label_names)} classes; {p.seconds:.1f}s")
         for path, n in p.skipped.items():
             self.log(f"skipped {n} bad rows in {path}")
+        self.data = p = cut_to_budget(p, cfg.train.max_batch_tokens, self.log)  # the memory bound
 
         # --- model, optimiser, schedule
         self.embeddings = pretrained_embeddings(cfg, p, self.log)  # --embeddings: sets embed_dim from the file
@@ -146,7 +168,8 @@ class Trainer:
         """The batches (row indices) of `epoch`: a pure function of the seed and the epoch; when
         distributed, this rank's shard of the order that every rank computes alike."""
         t = self.cfg.train
-        batches = self.dist.shard(epoch_batches(self.data.train.lengths, t.batch_size, t.seed, epoch, t.bucket))
+        batches = self.dist.shard(epoch_batches(self.data.train.lengths, t.batch_size, t.seed, epoch, t.bucket,
+                                                max_tokens=t.max_batch_tokens))
         return batches[: t.epoch_size] if t.epoch_size else batches
 
     def train_step(self, batch: Batch | Tensor) -> tuple[float, int, int]:
@@ -168,12 +191,21 @@ class Trainer:
         return (batch if isinstance(batch, Batch) else make_batch(self.data.train, batch, self.flat)).to(self.device)
 
     def _batches(self, order: list[Tensor], start: int) -> Iterator[Batch]:
-        """order[start:] as Batches, padded ~4k rows at a time (padded_batches; its temporaries stay small)."""
-        step = max(1, 4096 // self.cfg.train.batch_size)
-        for i in range(start, len(order), step):
-            chunk = order[i:i + step]
-            yield from (padded_batches(self.data.train, chunk) if not self.flat
-                        else (make_batch(self.data.train, idx, True) for idx in chunk))
+        """order[start:] as Batches, padded ~4k rows or ~1M padded tokens at a time (padded_batches; its
+        temporaries stay small)."""
+        data = self.data.train
+        if self.flat:
+            yield from (make_batch(data, idx, True) for idx in order[start:])
+            return
+        chunk: list[Tensor] = []
+        rows = cells = 0
+        for idx in order[start:]:
+            chunk.append(idx)
+            rows, cells = rows + idx.numel(), cells + idx.numel() * int(data.lengths[idx].max())
+            if rows >= 4096 or cells >= 1 << 20:
+                yield from padded_batches(data, chunk)
+                chunk, rows, cells = [], 0, 0
+        yield from padded_batches(data, chunk)
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         self.model.train()
@@ -187,6 +219,7 @@ class Trainer:
             stream = fast.look_ahead(self.optimizer, self._batches(batches, self.step))
             for step, batch in enumerate(stream, start=self.step):
                 loss, ok, n = self.train_step(batch)
+                self.stop_if_diverged(loss, f"epoch {epoch + 1}, step {step + 1} of {len(batches)}")
                 loss_sum, correct, seen = loss_sum + loss, correct + ok, seen + n
                 if bar is not None:
                     bar.update(1)
@@ -206,8 +239,8 @@ class Trainer:
         """Validate, log, and remember the best weights."""
         p = self.data
         if p.valid is not None:
-            row["valid_accuracy"] = evaluate_encoded(self.model, p.valid, p.label_names, self.device,
-                                                     self.dist)["accuracy"]
+            row["valid_accuracy"] = evaluate_encoded(self.model, p.valid, p.label_names, self.device, self.dist,
+                                                     self.cfg.train.max_batch_tokens)["accuracy"]
         self.history.append(row)
         self.epoch = row["epoch"]
         self.log(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
@@ -239,6 +272,26 @@ class Trainer:
             self.save_checkpoint()
         self.stop_if_interrupted()
 
+    def stop_if_diverged(self, loss: float, where: str) -> None:
+        """A NaN or infinite loss (on any rank) stops the run before anything more is saved: the run
+        directory keeps its last checkpoint and is not a finished run."""
+        if self.dist.any(not math.isfinite(loss)):
+            raise self.diverged(f"the training loss is {loss:g} at {where}")
+
+    def diverged(self, what: str) -> TrainingDiverged:
+        t = self.cfg.train
+        kept = "nothing was saved"
+        if self.out_dir is not None and ckpt_io.has_checkpoint(self.out_dir):
+            kept = f"{self.out_dir} keeps its last checkpoint (not a finished run)"
+        return TrainingDiverged(f"training diverged: {what}; stopped, {kept}. Try a lower --lr (now {t.lr:g})"
+                                + ("" if t.clip else " or --clip 1"))
+
+    def weights_finite(self) -> bool:
+        wait = getattr(self.optimizer, "wait", None)  # an update may still run beside the batch (fast path)
+        if wait is not None:
+            wait()
+        return bool(torch.stack([torch.isfinite(q).all() for q in self.params]).all())
+
     def stop_if_interrupted(self) -> None:
         if self.interrupt.set:
             import shlex
@@ -268,6 +321,9 @@ class Trainer:
         """Write RUN_DIR/checkpoint (rank 0 only; nothing without an output directory)."""
         if self.out_dir is None:
             return
+        if not self.weights_finite():  # a finite loss whose update overflowed: never checkpoint that
+            where = f"epoch {self.epoch + 1}, step {self.step}" if self.step else f"the end of epoch {self.epoch}"
+            raise self.diverged(f"the weights are NaN or infinite at {where}")
         rng = self.dist.gather_rng(ckpt_io.capture_rng())  # every rank's generators (all ranks take part)
         running = (*self.dist.sum(*self.running[:3]), self.running[3])  # the partial epoch of all ranks
         if not self.dist.is_main:
@@ -319,7 +375,8 @@ class Trainer:
         if self.embeddings is not None:
             metrics["embeddings"] = self.embeddings.summary()
         if p.test is not None:
-            metrics["test"] = evaluate_encoded(self.model, p.test, p.label_names, self.device, self.dist)
+            metrics["test"] = evaluate_encoded(self.model, p.test, p.label_names, self.device, self.dist,
+                                               self.cfg.train.max_batch_tokens)
             self.log(f"test accuracy {metrics['test']['accuracy']:.4f} (best epoch {self.best_epoch}), "
                      f"macro-F1 {metrics['test']['macro_f1']:.4f}")
         metrics["total_seconds"] = time.perf_counter() - self.t_start
