@@ -24,7 +24,9 @@ from .config import (
     RunConfig,
     ServeConfig,
     Settings,
+    TrackConfig,
     TrainConfig,
+    TuneConfig,
     VectorOptions,
     default_of,
     flag_of,
@@ -37,7 +39,7 @@ from .presets import PRESETS, preset_config
 
 # section -> settings dataclass, for the options generated from them
 SETTINGS: dict[str, type[Settings]] = {k.SECTION: k for k in (DataConfig, ModelConfig, TrainConfig, ServeConfig,
-                                                                VectorOptions)}
+                                                                VectorOptions, TrackConfig, TuneConfig)}
 RUN_SECTIONS = ("data", "model", "train")
 # the data settings `evaluate` may change (unset: as the run was trained), and those `vectors` reads its input with
 EVALUATE_DATA = ("dataset", "data_dir", "test", "text_columns", "label_column", "skip_bad_rows", "quoting")
@@ -137,7 +139,8 @@ def settings_from_args(args: argparse.Namespace, klass: type[Settings]) -> Any:
     return obj
 
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
+def _add_run_settings(p: argparse.ArgumentParser) -> None:
+    """A run's settings (data, model, training) and --preset / --config: `train`'s and `tune`'s."""
     data = p.add_argument_group("data")
     m = p.add_argument_group("model")
     t = p.add_argument_group("training")
@@ -149,6 +152,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     c.add_argument("--preset", choices=sorted(PRESETS), help="start from a named configuration")
     c.add_argument("--config", metavar="FILE", help="a JSON or TOML file with config.json's sections (data, model, "
                    "train; partial is fine); precedence: defaults < --preset < --config < options given here")
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    _add_run_settings(p)
     r = p.add_argument_group("run")
     r.add_argument("--out", help="run directory to write (config, vocab, weights, metrics)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint, "
@@ -159,6 +166,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    "--standalone); on several nodes run torchrun yourself, see the README")
     r.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_settings(p.add_argument_group("tracking", "not saved with the run; also with --resume"), TrackConfig)
 
 
 def _add_vectors_command(sub: Any) -> None:
@@ -168,6 +176,21 @@ def _add_vectors_command(sub: Any) -> None:
     p.add_argument("--out", required=True, help="the .vec file to write")
     add_settings(p.add_argument_group("input"), DataConfig, VECTORS_DATA)
     add_settings(p.add_argument_group("vectors"), VectorOptions)
+
+
+def _add_tune_command(sub: Any) -> None:
+    p = sub.add_parser("tune", help="search a run's settings with Optuna; write best.json and a report")
+    _add_run_settings(p)
+    add_settings(p.add_argument_group("tuning", "settings given as options above are fixed: not searched"),
+                 TuneConfig)
+    d = p.add_argument_group("tuning directory")
+    d.add_argument("--out", metavar="DIR", help="a new directory for the study (study.db), best.json, best-run/ "
+                   "and report.md / report.html")
+    d.add_argument("--resume", metavar="DIR", help="continue the study in DIR with the settings it was started "
+                   "with (only --trials, --timeout and tracking options may be given)")
+    d.add_argument("--json", action="store_true", help="print the summary (summary.json) as JSON")
+    add_settings(p.add_argument_group("tracking", "per trial: a TensorBoard subdirectory DIR/trial-NNNN, an MLflow "
+                                                  "run trial-N"), TrackConfig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     add_settings(p, ServeConfig)
     _add_vectors_command(sub)
+    _add_tune_command(sub)
     for subparser in sub.choices.values():  # `rnntext train ... --debug` works as well as `rnntext --debug train`
         subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
@@ -282,7 +306,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         return cmd_resume(args)
     cfg = config_from_args(args)  # a mistake in the options is reported before torch is imported
+    callbacks = _trackers(args)  # --tensorboard, --mlflow
     if args.ensemble is not None:
+        if callbacks:
+            raise ConfigError("--tensorboard and --mlflow track one run; drop them with --ensemble")
         return cmd_train_ensemble(cfg, args)
     if args.nproc is not None and args.nproc != 1:
         from .training.distributed import launch
@@ -294,10 +321,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.checkpoint import check_run_target, run_lock
 
     if args.out is None:
-        return _print_result(train(cfg, None, progress=not args.quiet), args)
+        return _print_result(train(cfg, None, progress=not args.quiet, callbacks=callbacks), args)
     check_run_target(args.out)
     with run_lock(args.out):  # the whole run, plots included: a second run into --out fails at once
-        return _print_result(train(cfg, args.out, progress=not args.quiet), args)
+        return _print_result(train(cfg, args.out, progress=not args.quiet, callbacks=callbacks), args)
+
+
+def _trackers(args: argparse.Namespace, **kw: Any) -> list[Any]:
+    """The training callbacks of --tensorboard and --mlflow (rnntext.report.tracking); none without them."""
+    track = settings_from_args(args, TrackConfig)
+    if not (track.tensorboard or track.mlflow):
+        return []
+    from .report.tracking import trackers
+
+    return trackers(track, **kw)
 
 
 def cmd_train_ensemble(cfg: Any, args: argparse.Namespace) -> int:
@@ -354,7 +391,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     # a generated option is there only when given; a command's own options are unset when None or False
     extra = sorted(_option(k, v) for k, v in vars(args).items()
-                   if k not in _RESUME_OPTIONS and ("." in k or v not in (None, False)))
+                   if k not in _RESUME_OPTIONS and not k.startswith("track.") and ("." in k or v not in (None, False)))
     if extra:
         raise ConfigError("--resume continues with the configuration saved in the run directory; drop "
                           + ", ".join(extra))
@@ -367,7 +404,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if read_manifest(args.resume).get("finished"):
             print(f"rnntext: {args.resume} has finished training; nothing to resume", file=sys.stderr)
             return 0
-        result = resume(args.resume, progress=not args.quiet)
+        result = resume(args.resume, progress=not args.quiet, callbacks=_trackers(args))
         return _print_result(result, args)
 
 
@@ -499,8 +536,49 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     return 0
 
 
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    _check_dir_options(args)
+    track = settings_from_args(args, TrackConfig)
+    tune_given = given(args, TuneConfig)
+    if args.resume is not None:
+        extra = sorted(_option(k, v) for k, v in vars(args).items() if "." in k and not k.startswith("track.")
+                       and k not in ("tune.trials", "tune.timeout"))
+        extra += [f"--{k}" for k in ("preset", "config", "out") if getattr(args, k) is not None]
+        if extra:
+            raise ConfigError("--resume continues the study with the settings it was started with; drop "
+                              + ", ".join(extra))
+        from .tune import resume
+
+        summary = resume(args.resume, trials=tune_given.get("trials"), timeout=tune_given.get("timeout"), track=track)
+    else:
+        if args.out is None:
+            raise ConfigError("give --out DIR for a new study, or --resume DIR to continue one")
+        cfg = config_from_args(args)
+        opts = settings_from_args(args, TuneConfig)
+        if opts.space:
+            opts.space = os.path.abspath(opts.space)
+        fixed = [k for k in vars(args) if k.partition(".")[0] in RUN_SECTIONS]  # options given: not searched
+        from .tune import tune
+
+        summary = tune(cfg, args.out, opts, fixed=fixed, track=track)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    best = summary["best"]
+    print(f"best: trial {best['trial']}, validation accuracy {best['valid_accuracy']:.4f} (epoch {best['epoch']}): "
+          + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items()))
+    if "test" in summary:
+        print(f"test accuracy of the best configuration (evaluated once, after the search): "
+              f"{summary['test']['accuracy']:.4f}")
+    print(f"config: {summary['best_json']} (rnntext train --config {summary['best_json']} --out RUN)")
+    print(f"report: {os.path.join(os.path.dirname(summary['best_json']), 'report.html')}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "explain": cmd_explain,
-            "compare": cmd_compare, "serve": cmd_serve, "vectors": cmd_vectors}
+            "compare": cmd_compare, "serve": cmd_serve, "vectors": cmd_vectors,
+            "tune": cmd_tune}
 
 
 def _ignore_sigint() -> None:

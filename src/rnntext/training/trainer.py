@@ -12,7 +12,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +30,7 @@ from ..model import build_model
 from ..model.base import TextClassifier
 from . import checkpoint as ckpt_io
 from . import distributed
+from .callbacks import Callback, Callbacks
 from .device import resolve_device, set_threads
 from .logits import predict_logits
 from .metrics import classification_report
@@ -107,7 +108,8 @@ class Trainer:
     weights, tests and writes the run directory."""
 
     def __init__(self, cfg: RunConfig, out_dir: str | None = None, *, prepared: Prepared | None = None,
-                 progress: bool = True, log: Callable[[str], None] | None = None):
+                 progress: bool = True, log: Callable[[str], None] | None = None,
+                 callbacks: Iterable[Callback] = ()):
         self.log = log or (lambda s: print(s, file=sys.stderr))
         self.cfg = cfg = copy.deepcopy(cfg)
         cfg.validate()
@@ -120,6 +122,7 @@ class Trainer:
         if not self.dist.is_main:  # one progress bar and one log: rank 0's
             progress = self.progress = False
             self.log = lambda s: None
+        self.callbacks = Callbacks(callbacks if self.dist.is_main else ())  # training/callbacks.py: rank 0's
 
         # --- data: read, tokenise and encode once
         if prepared is None:
@@ -246,24 +249,31 @@ class Trainer:
         self.log(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
                  + (f", valid acc {row['valid_accuracy']:.4f}" if "valid_accuracy" in row else "")
                  + f", {row['seconds']:.1f}s ({row['rows_per_second']:.0f} rows/s)")
+        self.callbacks.on_epoch(self, row)
         score = row.get("valid_accuracy", float(row["epoch"]))  # without validation, the last epoch wins
         if score > self.best_score:
             self.best_score, self.best_epoch, self.best_state = score, row["epoch"], state_to_cpu(self.model)
 
     def fit(self) -> TrainResult:
-        with ckpt_io.catch_sigint(self.log) if self.out_dir is not None else _no_interrupt() as self.interrupt:
-            for epoch in range(self.epoch, self.cfg.train.epochs):
-                self.end_epoch(self.run_epoch(epoch))
-                self.step, self.running = 0, (0.0, 0, 0, 0.0)
-                self.save_checkpoint()
-                self.stop_if_interrupted()
-        return self.finish()
+        result = None
+        try:
+            with ckpt_io.catch_sigint(self.log) if self.out_dir is not None else _no_interrupt() as self.interrupt:
+                for epoch in range(self.epoch, self.cfg.train.epochs):
+                    self.end_epoch(self.run_epoch(epoch))
+                    self.step, self.running = 0, (0.0, 0, 0, 0.0)
+                    self.save_checkpoint()
+                    self.stop_if_interrupted()
+            result = self.finish()
+            return result
+        finally:
+            self.callbacks.on_end(self, result)  # None: stopped early
 
     # --- checkpoints (training/checkpoint.py): resume, Ctrl-C -------------------------------------
 
     def after_step(self, step: int, running: tuple[float, int, int, float]) -> None:
         """Record the position in the epoch; checkpoint every `checkpoint_every` steps and on Ctrl-C."""
         self.step, self.running, self.global_step = step, running, self.global_step + 1
+        self.callbacks.on_step(self, running)
         self.interrupt.set = self.dist.any(self.interrupt.set)  # distributed: all ranks stop at the same step
         every = self.cfg.train.checkpoint_every
         if every and self.global_step % every == 0:
@@ -408,19 +418,22 @@ def _fit(trainer: Trainer, ckpt: ckpt_io.Checkpoint | None = None) -> TrainResul
 
 
 def train(cfg: RunConfig, out_dir: str | None = None, *, prepared: Prepared | None = None,
-          progress: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train a model as `cfg` says; with `out_dir`, write the run directory there."""
+          progress: bool = True, log: Callable[[str], None] | None = None,
+          callbacks: Iterable[Callback] = ()) -> TrainResult:
+    """Train a model as `cfg` says; with `out_dir`, write the run directory there. `callbacks`
+    (training/callbacks.py) are told of the steps, the epochs and the end."""
     if out_dir is not None:
         ckpt_io.prepare_new_run(out_dir)
-    return _fit(Trainer(cfg, out_dir, prepared=prepared, progress=progress, log=log))
+    return _fit(Trainer(cfg, out_dir, prepared=prepared, progress=progress, log=log, callbacks=callbacks))
 
 
-def resume(run_dir: str, *, progress: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:
+def resume(run_dir: str, *, progress: bool = True, log: Callable[[str], None] | None = None,
+           callbacks: Iterable[Callback] = ()) -> TrainResult:
     """Continue the run in `run_dir` from its last checkpoint, with the configuration stored there."""
     ckpt = ckpt_io.load_checkpoint(run_dir)
     if ckpt.finished:
         raise CheckpointError("this run has finished; there is nothing to resume", str(ckpt_io.manifest_path(run_dir)))
-    return _fit(Trainer(ckpt.config, str(run_dir), progress=progress, log=log), ckpt)
+    return _fit(Trainer(ckpt.config, str(run_dir), progress=progress, log=log, callbacks=callbacks), ckpt)
 
 
 @contextmanager
