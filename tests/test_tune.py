@@ -228,3 +228,51 @@ def test_tune_needs_a_directory_and_validation_data(ag_news_small: Path, tmp_pat
     assert "validation" in capsys.readouterr().err
     assert main(["tune", "--resume", str(tmp_path / "none")]) == 2
     assert "no study to resume" in capsys.readouterr().err
+
+
+def test_data_are_prepared_once_and_again_only_for_other_data_settings(ag_news_small: Path) -> None:
+    from rnntext.tune.study import _Data
+
+    lines: list[str] = []
+    data = _Data(lines.append)
+    base = RunConfig.from_dict({"data": {"dataset": "ag_news", "data_dir": str(ag_news_small)}})
+    first = data(base)
+    assert first.test is None and first.valid is not None  # the trials never see the test rows
+    assert data(base.with_overrides({"model.hidden_dim": 8, "train.lr": 0.01})).vocab is first.vocab
+    assert len(lines) == 1
+    other = data(base.with_overrides({"data.min_freq": 1}))
+    assert len(lines) == 2 and len(other.vocab) > len(first.vocab)
+
+
+def test_without_matplotlib_the_report_has_no_plots(ag_news_small: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import rnntext.tune.report as report
+    from rnntext.tune import tune
+
+    monkeypatch.setattr(report, "have_matplotlib", lambda: False)
+    base = RunConfig.from_dict({"data": {"dataset": "ag_news", "data_dir": str(ag_news_small)},
+                                "model": {"hidden_dim": 16, "embed_dim": 16},
+                                "train": {"epoch_size": 2, "threads": 1, "device": "cpu", "epochs": 1}})
+    lines: list[str] = []
+    tune(base, tmp_path / "t", TuneConfig(trials=2), space=Space.from_dict({"defaults": False,
+                                                                           "lr": {"choices": [0.001, 0.01]}}),
+         log=lines.append)
+    assert "tune: plots skipped: matplotlib is not installed (pip install 'rnntext[plots]')" in lines
+    assert not list((tmp_path / "t").glob("*.png"))
+    assert "(plots need matplotlib)" in (tmp_path / "t" / "report.md").read_text()
+
+
+def test_without_optuna_tune_says_which_extra(ag_news_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    code = main(["tune", *_data_options(ag_news_small), "--trials", "1", "--out", str(tmp_path / "t")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "pip install 'rnntext[tune]'" in err, err
+    assert not (tmp_path / "t").exists()
+
+
+def test_out_must_be_new_or_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    assert main(["tune", "--train", str(tmp_path / "x.csv"), "--out", str(tmp_path / "run")]) == 2
+    assert "is not empty" in capsys.readouterr().err

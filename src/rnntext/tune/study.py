@@ -171,6 +171,8 @@ def tune(base: RunConfig, out_dir: str | os.PathLike, opts: TuneConfig | None = 
                           "or choose another --out")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file; --out needs a directory")
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
+        raise ConfigError(f"{out} is not empty; --out needs a new or empty directory")
     space = (space or load_space(opts.space)).without(fixed)
     if not space.searched():
         raise ConfigError("the search space is empty: every setting in it is fixed")
