@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 from rnntext.cli import main
 from rnntext.config import RunConfig, TuneConfig
 from rnntext.errors import ConfigError
+from rnntext.training.callbacks import Callback
 from rnntext.tune.space import DEFAULT_SPACE, Space, default_space, load_space
 
 optuna = pytest.importorskip("optuna")
@@ -148,6 +150,15 @@ def test_tune_writes_best_json_that_trains_to_the_best_trials_accuracy(ag_news_s
     # resumed with a study already complete: no trial more, the report again
     assert main(["tune", "--resume", str(out)]) == 0
     assert len(optuna.load_study(study_name="rnntext", storage=f"sqlite:///{out / 'study.db'}").trials) == 3
+    # a new target; best-run/ lost: trained again from the best trial's configuration, to the same model
+    shutil.rmtree(out / "best-run")
+    assert main(["tune", "--resume", str(out), "--trials", "4"]) == 0
+    assert len(optuna.load_study(study_name="rnntext", storage=f"sqlite:///{out / 'study.db'}").trials) == 4
+    again = json.loads((out / "summary.json").read_text())
+    assert json.loads((out / "best-run" / "tune-trial.json").read_text())["trial"] == again["best"]["trial"]
+    if again["best"]["trial"] == best["trial"]:
+        assert "training the best configuration (trial" in capsys.readouterr().err
+        assert again["test"] == summary["test"]
 
 
 class OddTrialsPruner(optuna.pruners.BasePruner):
@@ -276,3 +287,45 @@ def test_out_must_be_new_or_empty(tmp_path: Path, capsys: pytest.CaptureFixture[
     (tmp_path / "run" / "config.json").write_text("{}")
     assert main(["tune", "--train", str(tmp_path / "x.csv"), "--out", str(tmp_path / "run")]) == 2
     assert "is not empty" in capsys.readouterr().err
+
+
+class SpoilOddTrials(Callback):
+    """Sets every odd-numbered trial's embedding to NaN after its first step: its loss turns NaN."""
+
+    def __init__(self) -> None:
+        self.trials = 0
+
+    def on_step(self, trainer, metrics):
+        if self.trials % 2 == 1:
+            trainer.model.embedding.weight.data.fill_(float("nan"))
+
+    def on_end(self, trainer, result):
+        self.trials += 1
+
+
+def test_a_diverged_trial_counts_as_pruned_and_each_trial_is_tracked(ag_news_small: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from rnntext.config import TrackConfig
+    from rnntext.tune import tune
+
+    base = RunConfig.from_dict({"data": {"dataset": "ag_news", "data_dir": str(ag_news_small)},
+                                "model": {"hidden_dim": 16, "embed_dim": 16},
+                                "train": {"epoch_size": 3, "threads": 1, "device": "cpu", "epochs": 1}})
+    uri = f"file:{tmp_path / 'mlruns'}"
+    track = TrackConfig(tensorboard=str(tmp_path / "tb"), mlflow=uri, mlflow_experiment="tune", log_every=1)
+    lines: list[str] = []
+    summary = tune(base, tmp_path / "t", TuneConfig(trials=3), space=Space.from_dict(
+        {"defaults": False, "lr": {"low": 1e-3, "high": 1e-2}}), track=track, callbacks=[SpoilOddTrials()],
+        log=lines.append)
+    assert summary["counts"] == {"complete": 2, "pruned": 1, "fail": 0}
+    assert any(line.startswith("trial 1: training diverged: the training loss is nan") and "counted as pruned" in line
+               for line in lines), lines
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["trial-0000", "trial-0001", "trial-0002"]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tune").experiment_id])
+    states = {r.data.tags["mlflow.runName"]: r.info.status for r in runs}
+    assert states == {"trial-0": "FINISHED", "trial-1": "KILLED", "trial-2": "FINISHED"}
+    assert all(r.data.tags["rnntext.tune"] == str((tmp_path / "t").resolve()) for r in runs)

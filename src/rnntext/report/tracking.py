@@ -127,9 +127,8 @@ class MLflowTracker(Callback):
                                                for k in EPOCH_SCALARS if k in row])
 
     def on_end(self, trainer: Trainer, result: TrainResult | None) -> None:
-        if result is None:
-            if self._client is not None:
-                self._client.set_terminated(self.run_id, "KILLED")
+        if result is None:  # stopped early (even before its first epoch): the run is there, KILLED
+            self._start(trainer).set_terminated(self.run_id, "KILLED")
             return
         client = self._start(trainer)
         test = result.metrics.get("test")

@@ -96,7 +96,7 @@ def _fmt(v: Any) -> str:
 
 
 def _tables(summary: dict[str, Any], imp: dict[str, float] | None) -> dict[str, tuple[list[str], list[list[str]]]]:
-    names = [key.split(".")[1] for key, _ in summary["space"] if not _.startswith("fixed")]
+    names = summary["searched"]
     trials_head = ["trial", "state", "valid accuracy", "epochs", "seconds", *names]
     trials_rows = [[str(t["number"]), t["state"], f"{t['value']:.4f}" if t["value"] is not None else "",
                     f"{t['epochs']}" + (f" (best {t['best_epoch']})" if t.get("best_epoch") else ""),

@@ -156,11 +156,12 @@ def _stderr(s: str) -> None:
 
 
 def tune(base: RunConfig, out_dir: str | os.PathLike, opts: TuneConfig | None = None, *, space: Space | None = None,
-         fixed: Sequence[str] = (), track: TrackConfig | None = None, pruner: Any = None,
-         log: Log | None = None) -> dict[str, Any]:
+         fixed: Sequence[str] = (), track: TrackConfig | None = None, callbacks: Sequence[Callback] = (),
+         pruner: Any = None, log: Log | None = None) -> dict[str, Any]:
     """Start a study in `out_dir` (new or empty): `opts.trials` trials over `space` (default: `opts.space`'s
     file, else the default space) without the settings in `fixed` (`train.epochs`: given as options), on top of
-    `base`. Returns the summary (summary.json). `pruner` replaces the MedianPruner (tests)."""
+    `base`. `track` reports each trial (--tensorboard, --mlflow); `callbacks` are given to every trial's
+    training too. Returns the summary (summary.json). `pruner` replaces the MedianPruner."""
     opts = opts or TuneConfig()
     opts.validate()
     base.validate()
@@ -183,11 +184,12 @@ def tune(base: RunConfig, out_dir: str | os.PathLike, opts: TuneConfig | None = 
         atomic_write_json(out / TUNE_JSON, {"format_version": FORMAT_VERSION, "config": base.to_dict(),
                                             "space": space.to_dict(), "tune": dataclasses.asdict(opts)})
         log(f"tune: {opts.trials} trials into {out}; searching " + "; ".join(f"{k}: {d}" for k, d in space.table()))
-        return _run(_open(out, base, space, opts, log, pruner), track, data)
+        return _run(_open(out, base, space, opts, log, pruner), data, _per_trial(out, track, callbacks))
 
 
 def resume(out_dir: str | os.PathLike, *, trials: int | None = None, timeout: float | None = None,
-           track: TrackConfig | None = None, log: Log | None = None) -> dict[str, Any]:
+           track: TrackConfig | None = None, callbacks: Sequence[Callback] = (),
+           log: Log | None = None) -> dict[str, Any]:
     """Continue the study in `out_dir` until it has its trials (or `trials`), with what tune.json recorded."""
     log = log or _stderr
     out = Path(out_dir)
@@ -212,10 +214,26 @@ def resume(out_dir: str | os.PathLike, *, trials: int | None = None, timeout: fl
             atomic_write_json(out / TUNE_JSON, saved)
         study = _open(out, base, space, opts, log)
         study.fail_stale_trials()
-        return _run(study, track, _Data(log))
+        return _run(study, _Data(log), _per_trial(out, track, callbacks))
 
 
-def _run(s: Study, track: TrackConfig | None, data: _Data) -> dict[str, Any]:
+PerTrial = Callable[[int], list[Callback]]  # trial number -> the training callbacks besides pruning
+
+
+def _per_trial(out: Path, track: TrackConfig | None, callbacks: Sequence[Callback]) -> PerTrial:
+    def make(number: int) -> list[Callback]:
+        extra = list(callbacks)
+        if track is not None and (track.tensorboard or track.mlflow):
+            from ..report.tracking import trackers
+
+            extra += trackers(track, run_name=f"trial-{number}", tensorboard_subdir=f"trial-{number:04d}",
+                              tags={"rnntext.tune": str(out.resolve()), "rnntext.trial": str(number)})
+        return extra
+
+    return make
+
+
+def _run(s: Study, data: _Data, per_trial: PerTrial) -> dict[str, Any]:
     """Run the trials still to run, then write best.json, best-run/ (tested once) and the report."""
     done = len(s.finished())
     todo = s.opts.trials - done
@@ -223,16 +241,17 @@ def _run(s: Study, track: TrackConfig | None, data: _Data) -> dict[str, Any]:
         s.log(f"tune: {done} of {s.opts.trials} trials finished before; {max(todo, 0)} to run")
     if todo > 0:
         try:
-            s.study.optimize(lambda trial: _objective(s, trial, data, track), n_trials=todo, timeout=s.opts.timeout,
-                             gc_after_trial=True)
+            s.study.optimize(lambda trial: _objective(s, trial, data, per_trial), n_trials=todo,
+                             timeout=s.opts.timeout, gc_after_trial=True)
         except KeyboardInterrupt:
             raise TrainingInterrupted(f"tuning interrupted; the finished trials are in {s.out / STUDY_DB}. "
                                       f"Continue with: rnntext tune --resume {s.out}") from None
     return _finish(s, data)
 
 
-def _objective(s: Study, trial: Any, data: _Data, track: TrackConfig | None) -> float:
+def _objective(s: Study, trial: Any, data: _Data, per_trial: PerTrial) -> float:
     from ..training import train
+    from ..training.trainer import TrainingDiverged
 
     values = s.space.suggest(trial)
     cfg = s.base.with_overrides(values, f"trial {trial.number}")
@@ -240,12 +259,7 @@ def _objective(s: Study, trial: Any, data: _Data, track: TrackConfig | None) -> 
     trial.set_user_attr("config", cfg.to_dict())
     prepared = data(cfg)
     prune = PruneCallback(trial)
-    callbacks: list[Callback] = [prune]
-    if track is not None and (track.tensorboard or track.mlflow):
-        from ..report.tracking import trackers
-
-        callbacks += trackers(track, run_name=f"trial-{trial.number}", tensorboard_subdir=f"trial-{trial.number:04d}",
-                              tags={"rnntext.tune": str(s.out.resolve()), "rnntext.trial": str(trial.number)})
+    callbacks = [prune, *per_trial(trial.number)]
     shown = ", ".join(f"{k.split('.')[1]}={_short(v)}" for k, v in values.items())
     s.log(f"trial {trial.number}: {shown}")
     t0 = time.perf_counter()
@@ -260,6 +274,9 @@ def _objective(s: Study, trial: Any, data: _Data, track: TrackConfig | None) -> 
     except optuna.TrialPruned:
         s.log(f"trial {trial.number}: pruned after epoch {prune.epoch}; {time.perf_counter() - t0:.1f}s")
         raise
+    except TrainingDiverged as e:  # a NaN loss: a bad configuration, stopped like a pruned trial
+        s.log(f"trial {trial.number}: {e.args[0].split(';')[0]}; counted as pruned")
+        raise optuna.TrialPruned(str(e)) from None
     best = result.metrics["epochs"][result.metrics["best_epoch"] - 1]
     value = float(best["valid_accuracy"])
     trial.set_user_attr("best_epoch", result.metrics["best_epoch"])
@@ -346,6 +363,7 @@ def _summary(s: Study, best: Any, cfg: RunConfig) -> dict[str, Any]:
     counts = {state: sum(1 for t in trials if t["state"] == state) for state in ("complete", "pruned", "fail")}
     summary: dict[str, Any] = {
         "trials": trials, "counts": counts, "target": s.opts.trials, "space": s.space.table(),
+        "searched": [p.name for p in s.space.searched()],
         "sampler": f"TPE, seed {s.opts.sampler_seed}",
         "pruner": (f"median, after {s.opts.prune_startup} trials and {s.opts.prune_warmup} epoch(s)"
                    if s.opts.prune else "none"),
