@@ -224,7 +224,7 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
         d.mkdir(parents=True, exist_ok=True)
         key = os.path.realpath(d)
     except OSError as e:
-        raise CheckpointError(f"cannot create the run directory: {e.strerror or e}", str(d)) from None
+        raise CheckpointError(f"cannot write to the run directory: {e.strerror or e}", str(d)) from None
     with _held_guard:
         entry = _held.get(key)
         if entry is not None:
@@ -609,8 +609,14 @@ def _reference_schedule(cfg: RunConfig, schedule: dict[str, Any]) -> dict[str, A
         raise _Bad(f"schedule.total_steps {total} does not fit the config ({cfg.train.schedule} schedule, "
                    f"{cfg.train.epochs} epochs)")
     param = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.SGD([param], lr=cfg.train.lr)
-    return make_schedule(cfg, optimizer, total).state_dict()
+    optimizer = torch.optim.AdamW([param], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    state = make_schedule(cfg, optimizer, total).state_dict()
+    state[_GROUP] = optimizer.state_dict()["param_groups"][0]
+    return state
+
+
+_GROUP = "(param group)"  # where _reference_schedule puts the optimizer's group the config makes
+_GROUP_FLAGS = ("foreach", "capturable", "differentiable", "fused")  # depend on the device: true, false or null
 
 
 def _tensor(value: Any, where: str, dtype: torch.dtype | None = None, numel: int | None = None) -> Tensor:
@@ -688,6 +694,7 @@ def _check_states(ckpt: Checkpoint, params: list[Tensor]) -> None:
     makes, its position that of the checkpoint, the optimizer's learning rates the schedule's."""
     schedule, optimizer = ckpt.schedule, ckpt.optimizer
     ref = _reference_schedule(ckpt.config, schedule)
+    ref_group = ref.pop(_GROUP)
     if set(schedule) != set(ref):
         missing, extra = sorted(set(ref) - set(schedule)), sorted(set(schedule) - set(ref))
         raise _Bad(f"schedule does not fit the config's {ckpt.config.train.schedule} schedule (missing {missing[:4]}, "
@@ -720,9 +727,19 @@ def _check_states(ckpt: Checkpoint, params: list[Tensor]) -> None:
         ids = group.get("params")
         if not isinstance(ids, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in ids):
             raise _Bad(f"optimizer.param_groups[{i}].params must be a list of integers")
+        if set(group) != set(ref_group):
+            missing, extra = sorted(set(ref_group) - set(group)), sorted(set(group) - set(ref_group))
+            raise _Bad(f"optimizer.param_groups[{i}] does not fit AdamW with the config's schedule (missing "
+                       f"{missing[:4]}, unexpected {extra[:4]})")
         for key, value in group.items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise _Bad(f"optimizer.param_groups[{i}].{key} must be finite, got {_show(value)}")
+            if key in _GROUP_FLAGS:
+                if value is not None and not isinstance(value, bool):
+                    raise _Bad(f"optimizer.param_groups[{i}].{key} must be true, false or null, got {_show(value)}")
+            elif key not in ("params", "lr") and value != ref_group[key]:
+                raise _Bad(f"optimizer.param_groups[{i}].{key} is {_show(value)}, the config makes it "
+                           f"{_show(ref_group[key])}")
         if group.get("lr") != schedule["_last_lr"][i]:
             raise _Bad(f"optimizer.param_groups[{i}].lr {_show(group.get('lr'))} is not the schedule's "
                        f"{_show(schedule['_last_lr'][i])}")
