@@ -150,3 +150,25 @@ def test_under_ddp_only_rank_0_tracks(ag_news_small: Path, tmp_path: Path, capsy
     assert [e.value for e in acc.Scalars("epoch/valid_accuracy")] == [float(np.float32(r["valid_accuracy"]))
                                                                        for r in epochs]
     assert [e.step for e in acc.Scalars("step/loss")] == list(range(1, 7))  # rank 0's steps, once each
+
+
+def test_tracking_options_go_with_resume(ag_news_small: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rnntext import train
+
+    cfg = make_tiny_config(data__dataset="ag_news", data__data_dir=str(ag_news_small), train__epochs=2,
+                           train__epoch_size=3, train__checkpoint_every=1)
+    run, tb = tmp_path / "run", tmp_path / "tb"
+    with pytest.raises(RuntimeError, match="stop here"):  # stopped at the end of epoch 1, before its checkpoint
+        train(cfg, str(run), progress=False, log=lambda s: None, callbacks=[Recorder(stop_at_epoch=1)])
+    assert main(["train", "--resume", str(run), "-q", "--tensorboard", str(tb), "--log-every", "1"]) == 0, \
+        capsys.readouterr().err
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    epochs = json.loads((run / "metrics.json").read_text())["epochs"]
+    assert [(e.step, e.value) for e in acc.Scalars("epoch/train_loss")] == [
+        (r["epoch"], float(np.float32(r["train_loss"]))) for r in epochs]
+    assert [e.step for e in acc.Scalars("step/loss")] == [4, 5, 6]  # the steps run after the resume
