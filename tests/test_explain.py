@@ -218,3 +218,25 @@ def test_server_explains(runs: dict[str, Path]) -> None:
         assert client.post("/explain", json={"texts": ["a", "b", "c"]}).status_code == 413
         assert client.post("/explain", json={"texts": ["x" * 51]}).status_code == 413
         assert "/explain" in client.get("/openapi.json").json()["paths"]
+
+
+def test_server_bounds_the_explanations_waiting(runs: dict[str, Path]) -> None:
+    """Explanations waiting for the model's thread are bounded like the prediction queue: 503 past it."""
+    pytest.importorskip("fastapi")
+    import asyncio
+
+    import httpx
+
+    from rnntext.serving.server import create_app
+
+    app = create_app(rnntext.load(runs["gru"], device="cpu", threads=1), max_queue_texts=2)
+    text = " ".join(FILLER[:60]) + " azure"
+
+    async def go() -> list[int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            rs = await asyncio.gather(*(client.post("/explain", json={"texts": [text, text]}) for _ in range(4)))
+        return sorted(r.status_code for r in rs)
+
+    codes = asyncio.run(go())
+    assert codes[0] == 200 and codes[-1] == 503, codes
+    assert set(codes) == {200, 503}

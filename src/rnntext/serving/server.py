@@ -559,11 +559,14 @@ def create_app(predictor: Predictor, *, limits: Limits | None = None, max_batch_
             out.append({"label": labels[best], "probabilities": {k: round(p, 6) for k, p in zip(labels, row)}})
         return {"predictions": out}
 
+    explaining = [0]  # texts of /explain requests not answered yet
+
     @app.post("/explain", response_model=ExplainResponse, responses={
         413: {"description": "too many texts, a text too long, or the body too large"},
         422: {"description": "a body that is not JSON, not {\"texts\": [string, ...], \"label\": ...}, "
                              "or a label the model does not have"},
-        501: {"description": "the server has no Captum (pip install 'rnntext[explain]')"}},
+        501: {"description": "the server has no Captum (pip install 'rnntext[explain]')"},
+        503: {"description": "too many texts wait for an explanation: try again after Retry-After seconds"}},
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/ExplainRequest"}}}}})
     async def explain(request: Request) -> Any:
@@ -589,11 +592,18 @@ def create_app(predictor: Predictor, *, limits: Limits | None = None, max_batch_
                                     f"{limits.max_chars:,} per text")
         from ..errors import ConfigError
 
+        # explanations waiting for the model's thread are bounded like the prediction queue (503 past it)
+        if explaining[0] and explaining[0] + len(req.texts) > batcher.max_queue_texts:
+            return JSONResponse({"detail": f"the server is busy ({explaining[0]} texts are waiting for an "
+                                 "explanation); try again shortly"}, status_code=503, headers={"retry-after": "1"})
+        explaining[0] += len(req.texts)
         loop = asyncio.get_running_loop()
         try:  # on the model's one thread: never beside a prediction batch
             out = await loop.run_in_executor(batcher._executor, predictor.explain, req.texts, req.label)
         except ConfigError as e:  # no Captum
             raise HTTPException(501, str(e)) from None
+        finally:
+            explaining[0] -= len(req.texts)
         return {"explanations": [e.to_dict() for e in out]}
 
     base_openapi = app.openapi
