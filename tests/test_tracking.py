@@ -172,3 +172,14 @@ def test_tracking_options_go_with_resume(ag_news_small: Path, tmp_path: Path,
     assert [(e.step, e.value) for e in acc.Scalars("epoch/train_loss")] == [
         (r["epoch"], float(np.float32(r["train_loss"]))) for r in epochs]
     assert [e.step for e in acc.Scalars("step/loss")] == [4, 5, 6]  # the steps run after the resume
+
+
+def test_an_unusable_mlflow_store_is_said_before_training(ag_news_small: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("mlflow")
+    (tmp_path / "file").write_text("")
+    code = main(["train", "--dataset", "ag_news", "--data-dir", str(ag_news_small), "--epochs", "1",
+                 "--out", str(tmp_path / "run"), "--mlflow", f"file:{tmp_path / 'file' / 'store'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "cannot use this tracking store" in err, err
+    assert not (tmp_path / "run").exists()

@@ -100,6 +100,17 @@ class MLflowTracker(Callback):
         self.tags = dict(tags or {})
         self._client: Any = None
         self.run_id: str | None = None
+        self._check()
+
+    def _check(self) -> None:
+        """Reach the store now (a read), so that a wrong URI is said before training, not after an epoch."""
+        from mlflow.tracking import MlflowClient
+
+        try:
+            MlflowClient(self.tracking_uri).get_experiment_by_name(self.experiment)
+        except Exception as e:  # MlflowException, OSError, a connection error: the user's to fix
+            message = " ".join(str(e).split())[:300]
+            raise ConfigError(f"--mlflow {self.tracking_uri}: cannot use this tracking store ({message})") from None
 
     def _start(self, trainer: Trainer) -> Any:
         if self._client is None:
