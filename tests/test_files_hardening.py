@@ -631,3 +631,28 @@ def test_run_files_honour_the_umask(tmp_path: Path, umask: str, mode: int) -> No
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == mode
     assert (tmp_path / "run" / LOCK_FILE).stat().st_mode & 0o777 == mode
+
+
+def test_the_python_api_holds_the_lock_for_the_whole_run(tmp_path: Path, ag_news_small: Path) -> None:
+    """train() from Python holds RUN_DIR's lock while it trains: another process cannot take it."""
+    import subprocess
+    import sys
+
+    from conftest import make_tiny_config
+    from rnntext.training.callbacks import Callback
+    from rnntext.training.trainer import train
+
+    out = tmp_path / "run"
+    probe = ("import fcntl, sys\nf = open(sys.argv[1], 'a')\ntry:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+             "    print('free')\nexcept OSError:\n    print('held')\n")
+    seen: list[str] = []
+
+    class Probe(Callback):
+        def on_epoch(self, trainer, row) -> None:  # noqa: ANN001
+            r = subprocess.run([sys.executable, "-c", probe, str(out / ".rnntext.lock")], capture_output=True,
+                               text=True, timeout=60)
+            seen.append(r.stdout.strip())
+
+    cfg = make_tiny_config(data__dataset="ag_news", data__data_dir=str(ag_news_small), train__epochs=1)
+    train(cfg, str(out), progress=False, log=lambda s: None, callbacks=[Probe()])
+    assert seen == ["held"]

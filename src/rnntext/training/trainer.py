@@ -422,18 +422,22 @@ def train(cfg: RunConfig, out_dir: str | None = None, *, prepared: Prepared | No
           callbacks: Iterable[Callback] = ()) -> TrainResult:
     """Train a model as `cfg` says; with `out_dir`, write the run directory there. `callbacks`
     (training/callbacks.py) are told of the steps, the epochs and the end."""
-    if out_dir is not None:
+    if out_dir is None:
+        return _fit(Trainer(cfg, None, prepared=prepared, progress=progress, log=log, callbacks=callbacks))
+    with ckpt_io.run_lock(out_dir):  # the whole run: a second process writing `out_dir` fails at once
         ckpt_io.prepare_new_run(out_dir)
-    return _fit(Trainer(cfg, out_dir, prepared=prepared, progress=progress, log=log, callbacks=callbacks))
+        return _fit(Trainer(cfg, out_dir, prepared=prepared, progress=progress, log=log, callbacks=callbacks))
 
 
 def resume(run_dir: str, *, progress: bool = True, log: Callable[[str], None] | None = None,
            callbacks: Iterable[Callback] = ()) -> TrainResult:
     """Continue the run in `run_dir` from its last checkpoint, with the configuration stored there."""
-    ckpt = ckpt_io.load_checkpoint(run_dir)
-    if ckpt.finished:
-        raise CheckpointError("this run has finished; there is nothing to resume", str(ckpt_io.manifest_path(run_dir)))
-    return _fit(Trainer(ckpt.config, str(run_dir), progress=progress, log=log, callbacks=callbacks), ckpt)
+    with ckpt_io.run_lock(run_dir):
+        ckpt = ckpt_io.load_checkpoint(run_dir)
+        if ckpt.finished:
+            raise CheckpointError("this run has finished; there is nothing to resume",
+                                  str(ckpt_io.manifest_path(run_dir)))
+        return _fit(Trainer(ckpt.config, str(run_dir), progress=progress, log=log, callbacks=callbacks), ckpt)
 
 
 @contextmanager
