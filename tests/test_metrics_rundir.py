@@ -131,3 +131,27 @@ def test_evaluation_data_keeps_the_runs_columns() -> None:
     ag = evaluation_data(trained, data_dir="/data/ag")
     assert (ag.dataset, ag.test, ag.data_dir) == ("ag_news", None, "/data/ag")
     assert trained.test == "te.csv"  # the run's own config is not changed
+
+
+def test_many_classes_keep_the_top_confusions_not_a_matrix() -> None:
+    import tracemalloc
+
+    k, n = 10_000, 50_000
+    g = torch.Generator().manual_seed(0)
+    y_true = torch.randint(0, k, (n,), generator=g)
+    y_pred = torch.where(torch.rand(n, generator=g) < 0.7, y_true, torch.randint(0, k, (n,), generator=g))
+    y_pred[:500] = 7  # one frequent confusion: true X -> 7
+    y_true[:500] = 3
+    names = [f"c{i}" for i in range(k)]
+    tracemalloc.start()
+    report = classification_report(y_true, y_pred, names)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert "confusion" not in report and report["confusions"][0] == ["c3", "c7", 500]
+    assert len(report["confusions"]) == 100 and peak < 200 * 2**20
+    assert report["accuracy"] == pytest.approx(float((y_true == y_pred).float().mean()))
+    assert report["per_class"]["c3"]["support"] == int((y_true == 3).sum())
+    text = format_report(report)
+    assert "most frequent confusions" in text and len(text.splitlines()) < k + 200
+    small = classification_report(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), ["a", "b"])
+    assert small["confusion"] == [[1, 0], [1, 1]]
