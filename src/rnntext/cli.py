@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                  show_defaults=False)
     add_settings(p, TrainConfig, ("device", "threads"))
     p.add_argument("--json", action="store_true")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="torch: RUN_DIR is a run "
+                   "directory; onnx: RUN_DIR is an export directory (`rnntext export`), run by onnxruntime without "
+                   "torch (pip install 'rnntext[onnx]')")
 
     p = sub.add_parser("predict", help="predict labels of texts")
     p.add_argument("run_dir")
@@ -220,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON lines with all class probabilities")
     p.add_argument("--explain", action="store_true", help="add each word's attribution to the predicted class "
                    "(as `rnntext explain`; needs Captum: pip install 'rnntext[explain]')")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="torch: RUN_DIR is a run "
+                   "directory; onnx: RUN_DIR is an export directory (`rnntext export`), run by onnxruntime without "
+                   "torch (pip install 'rnntext[onnx]')")
 
     p = sub.add_parser("explain", help="which words made a prediction: each word's attribution to a class")
     p.add_argument("run_dir")
@@ -248,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="HTTP API and web page for a trained run")
     p.add_argument("run_dir")
     add_settings(p, ServeConfig)
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="torch: RUN_DIR is a run "
+                   "directory; onnx: RUN_DIR is an export directory (`rnntext export`), run by onnxruntime without "
+                   "torch (pip install 'rnntext[onnx]')")
+
+    p = sub.add_parser("export", help="write a run as an ONNX model with its vocabulary, labels and tokenizer "
+                       "settings (for --backend onnx)")
+    p.add_argument("run_dir")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="(default: onnx)")
+    p.add_argument("--int8", action="store_true", help="int8 weights: onnxruntime's dynamic quantisation")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")
     _add_vectors_command(sub)
     _add_tune_command(sub)
     for subparser in sub.choices.values():  # `rnntext train ... --debug` works as well as `rnntext --debug train`
@@ -413,6 +429,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .training.metrics import format_report
 
     data, train = given(args, DataConfig), given(args, TrainConfig)
+    if args.backend == "onnx":
+        from .inference.evaluate import evaluate_export
+
+        if len(args.run_dir) > 1:
+            raise ConfigError("evaluate --backend onnx takes one export directory (ensembles need the torch backend)")
+        report = evaluate_export(args.run_dir[0], train.get("threads"),
+                                 **{name: data.get(name) for name in EVALUATE_DATA})
+        print(json.dumps(report, indent=2) if args.json else format_report(report))
+        return 0
     # Unset options keep what the run was trained with (its test file, columns, AG News directory).
     report = evaluate_run(args.run_dir, device=train.get("device", "auto"), threads=train.get("threads"),
                           **{name: data.get(name) for name in EVALUATE_DATA})
@@ -434,12 +459,26 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference.predictor import Predictor
+def _onnx_predictor(args: argparse.Namespace, threads: int | None) -> Any:
+    """The export directory of --backend onnx (no ensembles, no explanations)."""
+    from .inference.onnx_predictor import OnnxPredictor
 
+    if getattr(args, "ensemble", None):
+        raise ConfigError("--ensemble needs the torch backend; export a run and predict with it alone")
+    if getattr(args, "explain", False):
+        raise ConfigError("--explain needs the torch backend (the run directory)")
+    return OnnxPredictor.load(args.run_dir, threads)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
     train = given(args, TrainConfig)
     # a bad run dir fails before stdin is read
-    predictor = Predictor.load([args.run_dir, *args.ensemble], train.get("device", "auto"), train.get("threads"))
+    if args.backend == "onnx":
+        predictor: Any = _onnx_predictor(args, train.get("threads"))
+    else:
+        from .inference.predictor import Predictor
+
+        predictor = Predictor.load([args.run_dir, *args.ensemble], train.get("device", "auto"), train.get("threads"))
     texts = _read_texts(args)
     if args.explain:
         for ex in predictor.explain(texts):
@@ -518,7 +557,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
           limits=Limits(opts.max_texts, opts.max_chars, opts.max_body_bytes), max_batch_texts=opts.max_batch,
           max_wait_ms=opts.batch_wait_ms, max_queue_texts=opts.max_queue,
           timeouts=Timeouts(opts.header_timeout, opts.body_timeout, opts.keep_alive_timeout, opts.drain_timeout),
-          log_level=opts.log_level)
+          log_level=opts.log_level, backend=args.backend)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .inference.export import export_run
+
+    _check_dir_options(args)
+    export_run(args.run_dir, args.out, args.format, args.int8, log=lambda s: print(s, file=sys.stderr))
+    print(args.out)
     return 0
 
 
@@ -578,7 +626,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "explain": cmd_explain,
             "compare": cmd_compare, "serve": cmd_serve, "vectors": cmd_vectors,
-            "tune": cmd_tune}
+            "tune": cmd_tune, "export": cmd_export}
 
 
 def _ignore_sigint() -> None:

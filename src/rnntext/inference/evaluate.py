@@ -73,3 +73,29 @@ def evaluate_run(run_dir: str | Path | Sequence[str | Path], data: DataConfig | 
     if len(predictor.runs) > 1:
         report["ensemble"] = [str(r.path) for r in predictor.runs]
     return report
+
+
+def evaluate_export(path: str | Path, threads: int | None = None, **options: Any) -> dict[str, Any]:
+    """evaluate_run for an export directory (`rnntext export`), run by onnxruntime: on the test set of the
+    run it was exported from, changed by `options` as in `evaluation_data`."""
+    from ..config import RunConfig
+    from .onnx_predictor import SETTINGS, OnnxPredictor
+
+    predictor = OnnxPredictor.load(path, threads)
+    raw = predictor.settings.get("data")
+    trained = RunConfig.from_dict({"data": raw}, source=str(Path(path) / SETTINGS)).data if raw else DataConfig()
+    data = evaluation_data(trained, **options)
+    rows = read_eval_rows(data)
+    index = {name: i for i, name in enumerate(predictor.labels)}
+    labels = []
+    for label, line in zip(rows.labels, rows.lines):
+        if label not in index:
+            raise DataError(f"label {label!r} is not one the model knows ({', '.join(predictor.labels)})",
+                            rows.path, line)
+        labels.append(index[label])
+    pred = torch.from_numpy(predictor.probabilities(rows.texts).argmax(1))
+    report = classification_report(torch.tensor(labels, dtype=torch.long), pred, predictor.labels)
+    report["file"] = rows.path
+    report["skipped"] = rows.skipped
+    report["backend"] = "onnx"
+    return report

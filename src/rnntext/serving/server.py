@@ -28,14 +28,16 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..inference.predictor import Predictor
+if TYPE_CHECKING:  # the torch backend's Predictor is imported by serve() only: --backend onnx runs without torch
+    from ..inference.onnx_predictor import OnnxPredictor
+    from ..inference.predictor import Predictor
 
 # Characters per model call when batching: bounds how long one call runs (a request waits at most about
 # one call for its turn), whatever the requests queued. The Predictor bounds the memory of a call itself
@@ -479,7 +481,7 @@ def _page() -> str:
     return resources.files("rnntext.serving").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
-def create_app(predictor: Predictor, *, limits: Limits | None = None, max_batch_texts: int = 256,
+def create_app(predictor: Predictor | OnnxPredictor, *, limits: Limits | None = None, max_batch_texts: int = 256,
                max_wait_ms: float = 2.0, max_queue_texts: int | None = None, body_timeout: float = 30.0,
                max_batch_chars: int = BATCH_CHARS) -> FastAPI:
     """The FastAPI app serving `predictor`; run it with uvicorn (its lifespan starts the batcher).
@@ -626,7 +628,8 @@ def create_app(predictor: Predictor, *, limits: Limits | None = None, max_batch_
 
     @app.get("/health", response_model=HealthResponse)
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "run": str(predictor.run.path), "labels": len(labels),
+        source = predictor.path if hasattr(predictor, "path") else predictor.run.path  # an export: its directory
+        return {"status": "ok", "run": str(source), "labels": len(labels),
                 "requests": batcher.requests, "model_calls": batcher.model_calls, "texts": batcher.texts,
                 "queued": batcher.pending, "dropped": batcher.dropped, "rejected": batcher.rejected}
 
@@ -655,13 +658,21 @@ def is_loopback(host: str) -> bool:
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, *, device: str = "auto",
           threads: int | None = None, limits: Limits | None = None, max_batch_texts: int = 256,
           max_wait_ms: float = 2.0, max_queue_texts: int | None = None, timeouts: Timeouts | None = None,
-          log_level: str = "info", log: Callable[[str], None] | None = None) -> None:
-    """Load the run and serve it until SIGTERM or Ctrl-C (which let the requests in flight finish)."""
+          log_level: str = "info", log: Callable[[str], None] | None = None, backend: str = "torch") -> None:
+    """Load the run and serve it until SIGTERM or Ctrl-C (which let the requests in flight finish).
+    backend "onnx": `run_dir` is an export directory (`rnntext export`), run by onnxruntime without torch."""
     import uvicorn
 
     log = log or (lambda s: print(s, file=sys.stderr))
     timeouts = timeouts or Timeouts()
-    predictor = Predictor.load(run_dir, device, threads)
+    if backend == "onnx":
+        from ..inference.onnx_predictor import OnnxPredictor
+
+        predictor: Predictor | OnnxPredictor = OnnxPredictor.load(run_dir, threads)
+    else:
+        from ..inference.predictor import Predictor
+
+        predictor = Predictor.load(run_dir, device, threads)
     app = create_app(predictor, limits=limits, max_batch_texts=max_batch_texts, max_wait_ms=max_wait_ms,
                      max_queue_texts=max_queue_texts, body_timeout=timeouts.body)
     if not is_loopback(host):

@@ -1,0 +1,187 @@
+"""Prediction from an exported model (`rnntext export --format onnx`) with onnxruntime, without torch:
+tokenising and encoding in plain Python, batching and softmax-free post-processing in numpy (the
+model outputs probabilities). This module must not import torch (tests/test_onnx.py checks it in a
+fresh process), so a server can run from an export directory alone.
+
+    from rnntext.inference.onnx_predictor import OnnxPredictor
+    OnnxPredictor.load("export/").predict(["Stocks fell on Wall Street"])
+
+The interface is the Predictor's: `probabilities(texts) -> [texts, classes]` (a numpy array here) and
+`predict(texts) -> [Prediction]`. Texts are read as the run read them (its tokenizer settings, each text
+cut to the run's token budget), sorted by length and run in batches of `batch_size` texts and at most
+`max_batch_tokens` padded tokens."""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.tokenizer import Tokenizer
+from ..data.vocab import UNK_ID, Vocab
+from ..errors import CheckpointError, ConfigError, RnnTextError
+
+MODEL, SETTINGS, VOCAB, LABELS = "model.onnx", "export.json", "vocab.json", "labels.json"
+FORMAT = 1
+BATCH = 512  # texts per model call (benchmarks/predict.py)
+CHUNK_TEXTS = 16_384  # texts tokenised and predicted at a time (bounded memory, as the Predictor)
+
+
+@dataclass
+class Prediction:
+    label: str
+    probabilities: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "probabilities": self.probabilities}
+
+
+def is_export(path: str | Path) -> bool:
+    """Whether `path` is an export directory (holds export.json and model.onnx)."""
+    return (Path(path) / SETTINGS).is_file() and (Path(path) / MODEL).is_file()
+
+
+def session_options(threads: int | None = None) -> Any:
+    """onnxruntime session options: `threads` intra-op threads (None: onnxruntime's choice, all cores),
+    sequential execution, all graph optimisations."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return opts
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"not a readable JSON file ({str(e)[:200]})", str(path)) from None
+
+
+class OnnxPredictor:
+    """An exported model run by onnxruntime."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = BATCH):
+        path = Path(path)
+        if not is_export(path):
+            raise ConfigError(f"{path} is not an export directory (no {SETTINGS} and {MODEL}): "
+                              "write one with `rnntext export RUN --format onnx --out DIR`")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ConfigError("--backend onnx needs onnxruntime: pip install 'rnntext[onnx]'") from None
+        self.path = path
+        cfg = _read_json(path / SETTINGS)
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("tokenizer"), dict):
+            raise CheckpointError("expected an object with 'tokenizer'", str(path / SETTINGS))
+        if cfg.get("format", FORMAT) > FORMAT:
+            raise CheckpointError(f"export format {cfg['format']} is newer than this rnntext reads ({FORMAT})",
+                                  str(path / SETTINGS))
+        self.settings = cfg
+        tok = cfg["tokenizer"]
+        self.budget = int(cfg.get("max_batch_tokens") or 65_536)
+        # the words cut to the budget before n-grams are added, as the Predictor does
+        max_len = min(tok.get("max_len") or self.budget, self.budget)
+        self.tokenizer = Tokenizer(tok.get("name", "basic_english"), int(tok.get("ngrams", 1)), max_len)
+        try:
+            self.vocab = Vocab.from_json((path / VOCAB).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise CheckpointError(str(e)[:200], str(path / VOCAB)) from None
+        labels = _read_json(path / LABELS)
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise CheckpointError("expected a list of label names", str(path / LABELS))
+        self.labels: list[str] = labels
+        self.batch_size = batch_size
+        try:
+            self.session = ort.InferenceSession(str(path / MODEL), session_options(threads),
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's own exception types
+            raise CheckpointError(f"onnxruntime cannot load the model ({str(e).splitlines()[0][:200]})",
+                                  str(path / MODEL)) from None
+
+    @classmethod
+    def load(cls, path: str | Path, threads: int | None = None, batch_size: int = BATCH) -> OnnxPredictor:
+        return cls(path, threads, batch_size)
+
+    def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
+        """Token ids per text (an empty text: one <unk>, each cut to the token budget) and their lengths."""
+        get, budget, tokenize = self.vocab.stoi.get, self.budget, self.tokenizer
+        ids = [[get(t, UNK_ID) for t in tokenize(x)[:budget]] or [UNK_ID] for x in texts]
+        return ids, np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+
+    def batches(self, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+        """Row indices sorted by length, in batches of at most `batch_size` rows and `max_batch_tokens`
+        padded tokens (at least one row)."""
+        order = np.argsort(lengths, kind="stable")
+        ascending = lengths[order].tolist()
+        out, start, n = [], 0, len(order)
+        while start < n:
+            # the padded size of rows start..end-1, (end - start) * ascending[end - 1], grows with end
+            top = min(start + batch_size, n)
+            end = bisect.bisect_right(range(start + 1, top + 1), self.budget,
+                                      key=lambda e: (e - start) * ascending[e - 1]) + start
+            end = max(end, start + 1)
+            out.append(order[start:end])
+            start = end
+        return out
+
+    def probabilities(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """[len(texts), classes] float32 class probabilities."""
+        texts = list(texts)
+        if len(texts) > CHUNK_TEXTS:
+            return np.concatenate([self.probabilities(texts[i:i + CHUNK_TEXTS], batch_size)
+                                   for i in range(0, len(texts), CHUNK_TEXTS)])
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        if not texts:
+            return out
+        ids, lengths = self.encode(texts)
+        run = self.session.run
+        for rows in self.batches(lengths, batch_size or self.batch_size):
+            lens = lengths[rows]
+            tokens = np.zeros((len(rows), int(lens.max())), dtype=np.int64)
+            for i, r in enumerate(rows.tolist()):
+                row = ids[r]
+                tokens[i, : len(row)] = row
+            out[rows] = run(None, {"tokens": tokens, "lengths": lens})[0]
+        return out
+
+    def predict(self, texts: list[str] | str, batch_size: int | None = None) -> list[Prediction]:
+        if isinstance(texts, str):
+            texts = [texts]
+        probs = self.probabilities(texts, batch_size)
+        finite = np.isfinite(probs).all(1)
+        if not finite.all():
+            raise RnnTextError(f"the model's class probabilities for text {int(np.argmin(finite)) + 1} "
+                               "are not finite numbers")
+        best = probs.argmax(1).tolist()
+        return [Prediction(self.labels[b], dict(zip(self.labels, (round(p, 6) for p in row))))
+                for b, row in zip(best, probs.astype(np.float64).tolist())]
+
+
+    def explain(self, texts: list[str] | str, label: str | None = None, method: str = "ig",
+                steps: int | None = None) -> list:
+        raise ConfigError("explanations need the torch backend (the run directory): the ONNX model has no gradients")
+
+    @staticmethod
+    def chunks(texts: Sequence[str]) -> Iterator[Sequence[str]]:
+        """`texts` in consecutive slices of CHUNK_TEXTS."""
+        for i in range(0, len(texts), CHUNK_TEXTS):
+            yield texts[i:i + CHUNK_TEXTS]
+
+
+def load(path: str | Path, threads: int | None = None) -> OnnxPredictor:
+    """An export directory ready to predict."""
+    return OnnxPredictor.load(path, threads)
+
+
+__all__ = ["OnnxPredictor", "Prediction", "is_export", "load", "session_options"]
