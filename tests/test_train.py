@@ -347,6 +347,16 @@ def test_predict_json_of_a_nan_model_is_an_error_not_nan(trained_run: Path, tmp_
     assert err.count("\n") == 1 and err.startswith("rnntext: error: "), err
 
 
+@pytest.mark.parametrize("command", ["evaluate", "serve"])
+def test_evaluate_and_serve_refuse_a_nan_model_when_loading_it(command: str, trained_run: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from rnntext.cli import main
+
+    assert main([command, str(_nan_run(trained_run, tmp_path))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.safetensors: tensor" in err and "NaN or infinite" in err, err
+
+
 def test_predictor_refuses_nan_probabilities(trained_run: Path) -> None:
     from rnntext import fast
     from rnntext.errors import CheckpointError

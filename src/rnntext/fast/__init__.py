@@ -85,6 +85,13 @@ def look_ahead(optimizer: torch.optim.Optimizer, batches: Iterable[T]) -> Iterat
     return iter(batches)
 
 
+def finish_update(optimizer: torch.optim.Optimizer) -> None:
+    """Wait for an embedding update still running beside the next batch (look_ahead), before the
+    weights are read outside the optimiser."""
+    if isinstance(optimizer, adamw.AdamW):
+        optimizer.wait()
+
+
 def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
     """nn.utils.clip_grad_norm_ (torch's own where no gradient is sparse)."""
     return adamw.clip_grad_norm(parameters, max_norm)
@@ -112,7 +119,7 @@ def prediction_batch(model: TextClassifier, device: torch.device) -> int:
     return model.prediction_batch(device)
 
 
-__all__ = ["TESTED_TORCH", "clip_grad_norm", "enabled", "inference_forward", "look_ahead", "make_optimizer",
+__all__ = ["TESTED_TORCH", "clip_grad_norm", "enabled", "finish_update", "inference_forward", "look_ahead", "make_optimizer",
            "overlap_pays", "prediction_batch"]
 
 

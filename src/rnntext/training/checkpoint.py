@@ -804,10 +804,13 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         raise CheckpointError("best.has_state is true and the tensor file holds no best weights", str(tpath))
     from ..model import build_model
 
+    if cfg.model.vocab_size < 2 or cfg.model.num_classes < 1:
+        raise CheckpointError(f"invalid config: model.vocab_size {cfg.model.vocab_size} and model.num_classes "
+                              f"{cfg.model.num_classes} cannot be a trained model's", mpath)
     try:
         with torch.device("meta"):  # shapes only
             model = build_model(cfg.model)
-    except (ConfigError, ValueError, TypeError, AssertionError, RuntimeError) as e:
+    except (ConfigError, ValueError, TypeError, AssertionError, RuntimeError, IndexError) as e:
         raise CheckpointError(f"invalid config (cannot build its model: {str(e)[:200]})", mpath) from None
     check_state(ckpt.model, model.state_dict(), str(tpath))
     if ckpt.best is not None:

@@ -187,6 +187,10 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         if v.shape != expected[k].shape:
             raise CheckpointError(f"tensor {k} has shape {tuple(v.shape)}, the config needs "
                                   f"{tuple(expected[k].shape)}", str(path / WEIGHTS))
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:  # a diverged training or a damaged file: it could only predict NaN
+        raise CheckpointError(f"tensor {bad} holds NaN or infinite values; this model cannot predict: retrain it",
+                              str(path / WEIGHTS))
     model = build_model(m)
     model.load_state_dict(state)
     model.to(device).eval()

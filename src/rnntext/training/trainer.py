@@ -297,9 +297,7 @@ class Trainer:
                                 + ("" if t.clip else " or --clip 1"))
 
     def weights_finite(self) -> bool:
-        wait = getattr(self.optimizer, "wait", None)  # an update may still run beside the batch (fast path)
-        if wait is not None:
-            wait()
+        fast.finish_update(self.optimizer)
         return bool(torch.stack([torch.isfinite(q).all() for q in self.params]).all())
 
     def stop_if_interrupted(self) -> None:
