@@ -128,3 +128,21 @@ def test_cli_export_predict_evaluate(trained_run: Path, tmp_path: Path, capsys: 
     assert "must be a new or empty directory" in capsys.readouterr().err
     assert main(["predict", str(trained_run), "--backend", "onnx", "x"]) == 2
     assert "not an export directory" in capsys.readouterr().err
+
+
+def test_server_runs_an_export(trained_run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from rnntext.serving.server import create_app
+
+    out = tmp_path / "export"
+    export_run(trained_run, out, log=lambda s: None)
+    predictor = OnnxPredictor.load(out, threads=1)
+    with TestClient(create_app(predictor)) as client:
+        r = client.post("/predict", json={"texts": ["oil prices rose", "goal"]})
+        assert r.status_code == 200
+        assert [p["label"] for p in r.json()["predictions"]] == [p.label for p in predictor.predict(
+            ["oil prices rose", "goal"])]
+        assert client.get("/health").json()["run"] == str(out)
+        assert client.post("/explain", json={"texts": ["oil"]}).status_code == 501
