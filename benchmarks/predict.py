@@ -56,7 +56,8 @@ def timed(fn: Any, repeats: int) -> float:
 
 
 def rnntext_rows(run_dir: str, texts: list[str], threads: int, repeats: int, batch_sizes: list[int],
-                 onnx_dirs: dict[str, str] | None = None, labels: list[int] | None = None) -> list[dict]:
+                 onnx_dirs: dict[str, str] | None = None, labels: list[int] | None = None,
+                 bf16: bool = False) -> list[dict]:
     """Each route (the torch Predictor, and each export in `onnx_dirs`, name -> directory) at each batch
     size timed `repeats` times, all of them interleaved within each repeat so that the machine's drift
     from minute to minute falls on all of them alike; medians. With `labels`, each route's test accuracy."""
@@ -66,6 +67,11 @@ def rnntext_rows(run_dir: str, texts: list[str], threads: int, repeats: int, bat
     routes: dict[tuple[str, int], Any] = {("rnntext", bs): (lambda bs=bs: pred.probabilities(texts, batch_size=bs))
                                           for bs in batch_sizes}
     encode_s = {"rnntext": enc_s}
+    if bf16:  # the GRU inference loop in bfloat16 (--precision bf16)
+        pred16 = Predictor.load(run_dir, device="cpu", threads=threads, precision="bf16")
+        encode_s["rnntext-bf16"] = enc_s
+        routes.update({("rnntext-bf16", bs): (lambda bs=bs: pred16.probabilities(texts, batch_size=bs))
+                       for bs in batch_sizes})
     if onnx_dirs:
         from rnntext.inference.onnx_predictor import OnnxPredictor
 
@@ -96,12 +102,12 @@ def rnntext_rows(run_dir: str, texts: list[str], threads: int, repeats: int, bat
                      "tokenise_encode_seconds": e, "model_seconds": sec - e,
                      "texts_per_second_each_repeat": [n / t for t in times[name, bs]],
                      **({"accuracy": accuracy[name]} if name in accuracy else {}),
-                     **({"load_average_1min_each_repeat": loads} if onnx_dirs else {})})
+                     **({"load_average_1min_each_repeat": loads} if onnx_dirs or bf16 else {})})
         print(f"{name} batch {bs:5d}: {n / sec:9.0f} texts/s (tokenise+encode {e:.2f}s, "
               f"model {sec - e:.2f}s of {sec:.2f}s; repeats: "
               + " / ".join(f"{n / t:.0f}" for t in times[name, bs]) + ")"
               + (f" accuracy {accuracy[name]:.4f}" if name in accuracy else ""), flush=True)
-    if onnx_dirs:
+    if onnx_dirs or bf16:
         print("load average (1 min) at each repeat: " + ", ".join(f"{x:.2f}" for x in loads), flush=True)
     return rows
 
@@ -137,7 +143,8 @@ def markdown(results: dict[str, Any]) -> str:
     name = (f"{'bi-' if m['bidirectional'] else ''}{m['model'].upper()} {m['hidden_dim']}, embed {m['embed_dim']}, "
             f"{m['num_layers']} layer{'s' if m['num_layers'] > 1 else ''}, {m['pooling']}")
     onnx = any(row.get("system", "rnntext") != "rnntext" for row in r["rnntext"])
-    route = {"rnntext": "torch fp32", "onnx-fp32": "onnxruntime fp32", "onnx-int8": "onnxruntime int8"}
+    route = {"rnntext": "torch fp32", "rnntext-bf16": "torch bf16 (--precision bf16)", "onnx-fp32": "onnxruntime fp32",
+             "onnx-int8": "onnxruntime int8"}
     table = [[f"rnntext ({name})" if not onnx else f"rnntext, {route.get(row['system'], row['system'])} ({name})",
               row["batch_size"], f"{row['texts_per_second']:,.0f}",
               f"{row['tokenise_encode_seconds']:.2f}", f"{row['model_seconds']:.2f}"]
@@ -153,6 +160,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"interleaved within each repeat, medians." + (" --quick: a smoke run." if r.get("quick") else ""))
     if onnx:
         loads = r["rnntext"][0].get("load_average_1min_each_repeat") or []
+        what += (" --bf16: the torch path with `--precision bf16` (the GRU loop in bfloat16)."
+                 if any(row.get("system") == "rnntext-bf16" for row in r["rnntext"]) else "")
         what += (" --onnx: the run exported with `rnntext export` (fp32, --int8) and run by onnxruntime "
                  "(`OnnxPredictor`: one single-threaded session per core), timed in the same repeats; accuracy on "
                  "the test set." + (f" Load average (1 min) at the repeats: {min(loads):.2f} to {max(loads):.2f}."
@@ -170,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--batch-sizes", default="256,512,1024,2048")
     ap.add_argument("--no-fasttext", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="also the torch path with --precision bf16")
     ap.add_argument("--onnx", action="store_true", help="also the run exported to ONNX (fp32 and int8), run by "
                     "onnxruntime, and each route's test accuracy")
     ap.add_argument("--quick", action="store_true", help="train a 1-epoch default model on 2,000 batches' worth")
@@ -203,8 +213,9 @@ def main(argv: list[str] | None = None) -> None:
         for name, d in onnx_dirs.items():
             export_run(run_dir, d, int8=name.endswith("int8"), log=print)
     label_names = __import__("json").loads((Path(run_dir) / "labels.json").read_text())
-    labels = [label_names.index(y) for y in test_rows.labels] if args.onnx else None
-    rows = rnntext_rows(run_dir, texts, threads, 1 if args.quick else args.repeats, batch_sizes, onnx_dirs, labels)
+    labels = [label_names.index(y) for y in test_rows.labels] if args.onnx or args.bf16 else None
+    rows = rnntext_rows(run_dir, texts, threads, 1 if args.quick else args.repeats, batch_sizes, onnx_dirs, labels,
+                        args.bf16)
     ft = None if args.no_fasttext else fasttext_row(path, texts, threads, 1 if args.quick else args.repeats)
     best = max(rows, key=lambda r: r["texts_per_second"])
     cfg = RunConfig.from_dict(__import__("json").loads((Path(run_dir) / "config.json").read_text()))

@@ -102,12 +102,14 @@ def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
 Forward = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 
-def inference_forward(model: nn.Module, device: torch.device) -> Forward:
+def inference_forward(model: nn.Module, device: torch.device, precision: str = "fp32") -> Forward:
     """The fastest forward of `model` for inference on `device` (eval mode, no autograd): the GRU
     loop where it applies, else the model itself. What it precomputes from the weights is kept:
-    make a new one after the weights change."""
+    make a new one after the weights change. `precision` "bf16": the GRU loop's recurrence in bfloat16
+    (opt-in; elsewhere float32)."""
     if enabled() and gru.supports(model, device):
-        return gru.GRUInference(model)  # type: ignore[arg-type]
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        return gru.GRUInference(model, dtype)  # type: ignore[arg-type]
     return model
 
 

@@ -50,12 +50,12 @@ def evaluation_data(trained: DataConfig, *, test: str | None = None, dataset: st
 
 
 def evaluate_run(run_dir: str | Path | Sequence[str | Path], data: DataConfig | None = None, device: str = "auto",
-                 threads: int | None = None, **options: Any) -> dict[str, Any]:
+                 threads: int | None = None, precision: str = "fp32", **options: Any) -> dict[str, Any]:
     """Metrics of the run in `run_dir` on `data`'s test set, by default the one it was trained with;
     `options` (test, dataset, data_dir, text_columns, label_column, skip_bad_rows, quoting) change it as in
     `evaluation_data`. Several run directories are evaluated as an ensemble (mean of their class
     probabilities) on the first one's test set."""
-    predictor = Predictor.load(run_dir, device, threads)
+    predictor = Predictor.load(run_dir, device, threads, precision)
     run = predictor.run
     data = evaluation_data(data or run.config.data, **options)
     rows = read_eval_rows(data)

@@ -29,6 +29,7 @@ BATCH_TOKENS = MAX_BATCH_TOKENS
 # the texts themselves (token lists, ids) stays bounded however many there are.
 CHUNK_TEXTS = 16_384
 CHUNK_CHARS = 8_000_000
+PRECISIONS = ("fp32", "bf16")  # of the inference fast path (rnntext.fast.gru)
 
 
 @dataclass
@@ -44,14 +45,19 @@ class Predictor:
     """One run, or an ensemble of runs (`also`): each reads the texts with its own tokenizer and
     vocabulary, and the class probabilities are averaged."""
 
-    def __init__(self, run: Run, device: torch.device, also: Sequence[Run] = ()):
+    def __init__(self, run: Run, device: torch.device, also: Sequence[Run] = (), precision: str = "fp32"):
+        """`precision` "bf16": GRU models on a CPU run their recurrence in bfloat16 (rnntext.fast.gru; opt-in,
+        probabilities within ~0.01 of float32's); other models, and other devices, float32."""
+        if precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
         self.run = run
         self.runs = [run, *also]
         self.device = device
         self.tokenizer = run.tokenizer
         self.labels = run.label_names
         # these models only predict: what the fast path precomputes from their weights may stay
-        self.forwards = [fast.inference_forward(r.model, device) for r in self.runs]
+        self.forwards = [fast.inference_forward(r.model, device, precision) for r in self.runs]
         for other in also:
             if other.label_names != self.labels:
                 raise ConfigError(f"cannot ensemble {other.path} with {run.path}: labels "
@@ -59,7 +65,7 @@ class Predictor:
 
     @classmethod
     def load(cls, run_dir: str | Path | Sequence[str | Path], device: str = "auto",
-             threads: int | None = None) -> Predictor:
+             threads: int | None = None, precision: str = "fp32") -> Predictor:
         if threads is not None:  # otherwise leave the process's setting alone (a library must not change it)
             set_threads(threads)
         dev = resolve_device(device)
@@ -69,7 +75,7 @@ class Predictor:
         if not dirs:
             raise ConfigError("no run directory given")
         runs = [load_run(d, dev) for d in dirs]
-        return cls(runs[0], dev, runs[1:])
+        return cls(runs[0], dev, runs[1:], precision)
 
     @staticmethod
     def chunks(texts: Sequence[str]) -> Iterator[Sequence[str]]:

@@ -658,7 +658,8 @@ def is_loopback(host: str) -> bool:
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, *, device: str = "auto",
           threads: int | None = None, limits: Limits | None = None, max_batch_texts: int = 256,
           max_wait_ms: float = 2.0, max_queue_texts: int | None = None, timeouts: Timeouts | None = None,
-          log_level: str = "info", log: Callable[[str], None] | None = None, backend: str = "torch") -> None:
+          log_level: str = "info", log: Callable[[str], None] | None = None, backend: str = "torch",
+          precision: str = "fp32") -> None:
     """Load the run and serve it until SIGTERM or Ctrl-C (which let the requests in flight finish).
     backend "onnx": `run_dir` is an export directory (`rnntext export`), run by onnxruntime without torch."""
     import uvicorn
@@ -672,7 +673,7 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, *, device: st
     else:
         from ..inference.predictor import Predictor
 
-        predictor = Predictor.load(run_dir, device, threads)
+        predictor = Predictor.load(run_dir, device, threads, precision)
     app = create_app(predictor, limits=limits, max_batch_texts=max_batch_texts, max_wait_ms=max_wait_ms,
                      max_queue_texts=max_queue_texts, body_timeout=timeouts.body)
     if not is_loopback(host):
