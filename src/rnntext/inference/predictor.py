@@ -147,7 +147,8 @@ class Predictor:
         return explain(self, texts, label, method, steps or DEFAULT_STEPS)
 
 
-def load(run_dir: str | Path | Sequence[str | Path], device: str = "auto", threads: int | None = None) -> Predictor:
+def load(run_dir: str | Path | Sequence[str | Path], device: str = "auto", threads: int | None = None,
+         precision: str = "fp32") -> Predictor:
     """A trained model ready to predict, from the run directory `rnntext train --out` wrote; given
     several run directories, their ensemble."""
-    return Predictor.load(run_dir, device, threads)
+    return Predictor.load(run_dir, device, threads, precision)
