@@ -121,7 +121,7 @@ def prediction_batch(model: TextClassifier, device: torch.device) -> int:
     return model.prediction_batch(device)
 
 
-__all__ = ["TESTED_TORCH", "clip_grad_norm", "enabled", "finish_update", "inference_forward", "look_ahead", "make_optimizer",
-           "overlap_pays", "prediction_batch"]
+__all__ = ["TESTED_TORCH", "clip_grad_norm", "enabled", "finish_update", "inference_forward", "look_ahead",
+           "make_optimizer", "overlap_pays", "prediction_batch"]
 
 
