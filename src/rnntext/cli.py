@@ -20,6 +20,7 @@ from typing import Any
 from . import __version__
 from .config import (
     DataConfig,
+    InferenceConfig,
     ModelConfig,
     RunConfig,
     ServeConfig,
@@ -38,8 +39,8 @@ from .model.registry import model_names
 from .presets import PRESETS, preset_config
 
 # section -> settings dataclass, for the options generated from them
-SETTINGS: dict[str, type[Settings]] = {k.SECTION: k for k in (DataConfig, ModelConfig, TrainConfig, ServeConfig,
-                                                                VectorOptions, TrackConfig, TuneConfig)}
+SETTINGS: dict[str, type[Settings]] = {k.SECTION: k for k in (
+    DataConfig, ModelConfig, TrainConfig, ServeConfig, VectorOptions, TrackConfig, TuneConfig, InferenceConfig)}
 RUN_SECTIONS = ("data", "model", "train")
 # the data settings `evaluate` may change (unset: as the run was trained), and those `vectors` reads its input with
 EVALUATE_DATA = ("dataset", "data_dir", "test", "text_columns", "label_column", "skip_bad_rows", "quoting")
@@ -209,12 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                  show_defaults=False)
     add_settings(p, TrainConfig, ("device", "threads"))
     p.add_argument("--json", action="store_true")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="torch: RUN_DIR is a run "
-                   "directory; onnx: RUN_DIR is an export directory (`rnntext export`), run by onnxruntime without "
-                   "torch (pip install 'rnntext[onnx]')")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: a GRU model on a CPU runs "
-                   "its recurrence in bfloat16 (faster on CPUs with AVX512-BF16; probabilities within ~0.01 of "
-                   "fp32's); other models fp32 (torch backend)")
+    add_settings(p, InferenceConfig)
 
     p = sub.add_parser("predict", help="predict labels of texts")
     p.add_argument("run_dir")
@@ -226,12 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON lines with all class probabilities")
     p.add_argument("--explain", action="store_true", help="add each word's attribution to the predicted class "
                    "(as `rnntext explain`; needs Captum: pip install 'rnntext[explain]')")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="torch: RUN_DIR is a run "
-                   "directory; onnx: RUN_DIR is an export directory (`rnntext export`), run by onnxruntime without "
-                   "torch (pip install 'rnntext[onnx]')")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: a GRU model on a CPU runs "
-                   "its recurrence in bfloat16 (faster on CPUs with AVX512-BF16; probabilities within ~0.01 of "
-                   "fp32's); other models fp32 (torch backend)")
+    add_settings(p, InferenceConfig)
 
     p = sub.add_parser("explain", help="which words made a prediction: each word's attribution to a class")
     p.add_argument("run_dir")
@@ -260,12 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="HTTP API and web page for a trained run")
     p.add_argument("run_dir")
     add_settings(p, ServeConfig)
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="torch: RUN_DIR is a run "
-                   "directory; onnx: RUN_DIR is an export directory (`rnntext export`), run by onnxruntime without "
-                   "torch (pip install 'rnntext[onnx]')")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: a GRU model on a CPU runs "
-                   "its recurrence in bfloat16 (faster on CPUs with AVX512-BF16; probabilities within ~0.01 of "
-                   "fp32's); other models fp32 (torch backend)")
+    add_settings(p, InferenceConfig)
 
     p = sub.add_parser("export", help="write a run as an ONNX model with its vocabulary, labels and tokenizer "
                        "settings (for --backend onnx)")
@@ -438,7 +424,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .training.metrics import format_report
 
     data, train = given(args, DataConfig), given(args, TrainConfig)
-    if args.backend == "onnx":
+    run = settings_from_args(args, InferenceConfig)
+    if run.backend == "onnx":
         from .inference.evaluate import evaluate_export
 
         if len(args.run_dir) > 1:
@@ -449,7 +436,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     # Unset options keep what the run was trained with (its test file, columns, AG News directory).
     report = evaluate_run(args.run_dir, device=train.get("device", "auto"), threads=train.get("threads"),
-                          precision=args.precision,
+                          precision=run.precision,
                           **{name: data.get(name) for name in EVALUATE_DATA})
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
@@ -481,15 +468,15 @@ def _onnx_predictor(args: argparse.Namespace, threads: int | None) -> Any:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    train = given(args, TrainConfig)
+    train, run = given(args, TrainConfig), settings_from_args(args, InferenceConfig)
     # a bad run dir fails before stdin is read
-    if args.backend == "onnx":
+    if run.backend == "onnx":
         predictor: Any = _onnx_predictor(args, train.get("threads"))
     else:
         from .inference.predictor import Predictor
 
         predictor = Predictor.load([args.run_dir, *args.ensemble], train.get("device", "auto"), train.get("threads"),
-                                   args.precision)
+                                   run.precision)
     texts = _read_texts(args)
     if args.explain:
         for ex in predictor.explain(texts):
@@ -559,7 +546,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    opts = settings_from_args(args, ServeConfig)
+    opts, run = settings_from_args(args, ServeConfig), settings_from_args(args, InferenceConfig)
     try:
         from .serving.server import Limits, Timeouts, serve
     except ImportError as e:
@@ -568,7 +555,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
           limits=Limits(opts.max_texts, opts.max_chars, opts.max_body_bytes), max_batch_texts=opts.max_batch,
           max_wait_ms=opts.batch_wait_ms, max_queue_texts=opts.max_queue,
           timeouts=Timeouts(opts.header_timeout, opts.body_timeout, opts.keep_alive_timeout, opts.drain_timeout),
-          log_level=opts.log_level, backend=args.backend, precision=args.precision)
+          log_level=opts.log_level, backend=run.backend, precision=run.precision)
     return 0
 
 

@@ -544,6 +544,21 @@ class ServeConfig(Settings):
 
 
 @dataclass
+class InferenceConfig(Settings):
+    """`predict`, `evaluate` and `serve`: what runs the model."""
+
+    SECTION = "inference"
+
+    backend: str = setting("torch", choices=("torch", "onnx"),
+                           help="torch: RUN_DIR is a run directory; onnx: RUN_DIR is an export directory "
+                                "(`rnntext export`), run by onnxruntime without torch (pip install 'rnntext[onnx]')")
+    precision: str = setting("fp32", choices=("fp32", "bf16"),
+                             help="bf16: a GRU model on a CPU runs its recurrence in bfloat16 (faster on CPUs with "
+                                  "AVX512-BF16; probabilities within ~0.01 of fp32's); other models fp32 (torch "
+                                  "backend)")
+
+
+@dataclass
 class TrackConfig(Settings):
     """`train` and `tune`: where a run reports its scalars (rnntext.report.tracking). Not part of a run's
     configuration: tracking changes nothing that is trained, so it is not saved in config.json."""
