@@ -79,7 +79,7 @@ def markdown(results: dict[str, Any]) -> str:
     table = md_table(["measurement", "unit", "old (median)", "new (median)", "new / old", "per-pair ratios",
                       "same results"], rows)
     head = md_header(results.get("command"), results.get("machine"), "A/B: the old tree against the new, interleaved.")
-    return markdown_document("ab", "ab.py", head + "\n" + table)
+    return head + "\n" + table
 
 
 def main() -> None:
@@ -132,7 +132,7 @@ def main() -> None:
     results = {"benchmark": "ab", "command": "python3 benchmarks/ab.py " + " ".join(sys.argv[1:]),
                "machine": machine(args.threads), "repeats": args.repeats, "threads": args.threads, "rows": rows}
     write_json("ab", results)
-    write_markdown("ab", markdown(results))
+    write_markdown("ab", markdown_document("ab", "ab.py", markdown(results)))
     print(markdown(results))
 
 
