@@ -39,3 +39,42 @@ def test_public_api_resolves_lazily() -> None:
         assert getattr(rnntext, name) is not None
     with pytest.raises(AttributeError):
         rnntext.no_such_thing  # noqa: B018
+
+
+def test_no_module_imports_another_that_imports_it_back() -> None:
+    """No cycles between modules either, counting imports inside functions and under TYPE_CHECKING (a
+    function-level import that dodges a cycle is still one)."""
+    import ast
+
+    src = ROOT / "src"
+    modules = {".".join(p.relative_to(src).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in (src / "rnntext").rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for mod, path in modules.items():
+        package = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        edges = graph.setdefault(mod, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                names = [f"{target}.{a.name}" for a in node.names] + [target]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            edges.update(n for n in names if n in modules and n != mod and not mod.startswith(n + "."))
+    cycles, state = [], {}
+
+    def visit(u: str, stack: list[str]) -> None:
+        state[u] = 1
+        for v in sorted(graph.get(u, ())):
+            if state.get(v) == 1:
+                cycles.append(stack[stack.index(v):] + [v])
+            elif v not in state:
+                visit(v, [*stack, v])
+        state[u] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, cycles

@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +39,8 @@ from ..data.vocab import PAD_ID, UNK_ID
 from ..errors import ConfigError
 from ..model.base import TextClassifier
 
-if TYPE_CHECKING:
-    from .predictor import Predictor
+# The predictor imports this module; explain() receives a Predictor without importing it back.
+Predictor = Any  # rnntext.inference.predictor.Predictor
 
 METHODS = ("ig", "occlusion")
 DEFAULT_STEPS = 32  # integration steps (Gauss-Legendre): median convergence delta 0.003 on AG News

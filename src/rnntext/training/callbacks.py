@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .trainer import Trainer, TrainResult
+# The trainer imports this module; callbacks receive its objects without importing it back.
+Trainer = Any  # rnntext.training.trainer.Trainer
+TrainResult = Any  # rnntext.training.trainer.TrainResult
 
 
 @dataclass(frozen=True)

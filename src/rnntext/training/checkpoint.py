@@ -43,6 +43,7 @@ from torch import Tensor
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_bytes, atomic_write_json
+from .schedule import make_schedule
 
 CHECKPOINT_DIR = "checkpoint"
 MANIFEST = "checkpoint.json"
@@ -600,7 +601,6 @@ _SCHEDULE_PROGRESS = ("last_epoch", "_step_count", "_last_lr", "_get_lr_called_w
 def _reference_schedule(cfg: RunConfig, schedule: dict[str, Any]) -> dict[str, Any]:
     """The state of the schedule the trainer builds for `cfg`, fresh (the total step count taken from the
     checkpoint's own, checked against the config)."""
-    from .trainer import make_schedule  # training's own schedule; imported here, as trainer imports this module
 
     total = schedule.get("total_steps", 1)
     if isinstance(total, bool) or not isinstance(total, int) or not 1 <= total <= INT64_MAX:

@@ -35,6 +35,7 @@ from .device import resolve_device, set_threads
 from .logits import predict_logits
 from .metrics import classification_report
 from .rundir import save_run, state_to_cpu
+from .schedule import make_schedule
 
 
 class TrainingDiverged(RnnTextError):
@@ -63,16 +64,6 @@ class TrainResult:
     model: TextClassifier
     metrics: dict[str, Any] = field(default_factory=dict)
     run_dir: str | None = None
-
-
-def make_schedule(cfg: RunConfig, optimizer: torch.optim.Optimizer, total_steps: int):
-    # OneCycleLR divides by (warm-up steps - 1): a run of < 4 steps (a tiny file) keeps a constant LR,
-    # and a short one warms up for at least 2 steps.
-    if cfg.train.schedule == "onecycle" and total_steps >= 4:
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.train.lr, total_steps=total_steps, pct_start=max(0.25, 2 / total_steps),
-            anneal_strategy="cos", cycle_momentum=False, div_factor=10.0, final_div_factor=100.0)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
 def cut_to_budget(prepared: Prepared, max_tokens: int, log: Callable[[str], None]) -> Prepared:
