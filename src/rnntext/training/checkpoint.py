@@ -804,6 +804,8 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         raise CheckpointError("best.has_state is true and the tensor file holds no best weights", str(tpath))
     from ..model import build_model
 
+    if cfg.data.train is None and cfg.data.dataset is None:  # resume prepares the data again from these
+        raise CheckpointError("invalid config: no training data (data.train or data.dataset)", mpath)
     if cfg.model.vocab_size < 2 or cfg.model.num_classes < 1:
         raise CheckpointError(f"invalid config: model.vocab_size {cfg.model.vocab_size} and model.num_classes "
                               f"{cfg.model.num_classes} cannot be a trained model's", mpath)

@@ -25,7 +25,7 @@ from .. import fast
 from ..config import MAX_BATCH_TOKENS, RunConfig
 from ..data import Batch, Encoded, Prepared, epoch_batches, make_batch, padded_batches, prepare
 from ..data.vectors import Pretrained, describe, load_pretrained
-from ..errors import CheckpointError, RnnTextError, TrainingInterrupted
+from ..errors import CheckpointError, ConfigError, DataError, RnnTextError, TrainingInterrupted
 from ..model import build_model
 from ..model.base import TextClassifier
 from . import checkpoint as ckpt_io
@@ -426,7 +426,12 @@ def resume(run_dir: str, *, progress: bool = True, log: Callable[[str], None] | 
         if ckpt.finished:
             raise CheckpointError("this run has finished; there is nothing to resume",
                                   str(ckpt_io.manifest_path(run_dir)))
-        return _fit(Trainer(ckpt.config, str(run_dir), progress=progress, log=log, callbacks=callbacks), ckpt)
+        try:  # the data are prepared again from the files the checkpoint's config names
+            trainer = Trainer(ckpt.config, str(run_dir), progress=progress, log=log, callbacks=callbacks)
+        except (ConfigError, DataError) as e:
+            raise CheckpointError(f"cannot prepare the training data its config names ({e})",
+                                  str(ckpt_io.manifest_path(run_dir))) from None
+        return _fit(trainer, ckpt)
 
 
 @contextmanager
