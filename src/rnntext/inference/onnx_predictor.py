@@ -18,7 +18,6 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 from ..data.tokenizer import Tokenizer
 from ..data.vocab import UNK_ID, Vocab
 from ..errors import CheckpointError, ConfigError, RnnTextError
+from .prediction import Prediction
 
 MODEL, SETTINGS, VOCAB, LABELS = "model.onnx", "export.json", "vocab.json", "labels.json"
 FORMAT = 1
@@ -34,13 +34,6 @@ BATCH = 512  # texts per model call (benchmarks/predict.py)
 CHUNK_TEXTS = 16_384  # texts tokenised and predicted at a time (bounded memory, as the Predictor)
 
 
-@dataclass
-class Prediction:
-    label: str
-    probabilities: dict[str, float]
-
-    def to_dict(self) -> dict:
-        return {"label": self.label, "probabilities": self.probabilities}
 
 
 def is_export(path: str | Path) -> bool:

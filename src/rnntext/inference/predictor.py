@@ -4,7 +4,6 @@ directories trained on the same labels, an ensemble: the mean of their class pro
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from ..training.device import resolve_device, set_threads
 from ..training.logits import mean_probabilities
 from ..training.rundir import Run, load_run
 from .ensemble import member_dirs
+from .prediction import Prediction
 
 # The memory bound of prediction: a cap on rows x longest text per model call (without the GRU's inference
 # loop a model holds every step's outputs), and on the tokens of one text, which is cut to its first
@@ -32,13 +32,6 @@ CHUNK_CHARS = 8_000_000
 PRECISIONS = ("fp32", "bf16")  # of the inference fast path (rnntext.fast.gru)
 
 
-@dataclass
-class Prediction:
-    label: str
-    probabilities: dict[str, float]
-
-    def to_dict(self) -> dict:
-        return {"label": self.label, "probabilities": self.probabilities}
 
 
 class Predictor:
