@@ -329,7 +329,9 @@ class DataConfig(Settings):
                                                  check=_check_label_names, show_default=False,
                                                  help="name the files' labels, in class order, e.g. "
                                                       "0=negative,1=positive")
-    valid_split: float = setting(0.05, min=0.0, lt=1.0, help="fraction of train held out for validation")
+    valid_split: float = setting(0.05, min=0.0, lt=1.0,
+                                 help="fraction of train held out for validation (stratified: that fraction of "
+                                      "each class)")
     skip_bad_rows: bool = setting(False, help="skip and count malformed rows instead of stopping")
     quoting: str = setting("csv", choices=QUOTINGS, help='CSV/TSV: "quoted" fields (csv) or quotes as ordinary '
                                                          "characters (none: raw TSV)")

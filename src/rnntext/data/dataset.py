@@ -8,13 +8,12 @@ import time
 from collections.abc import Container
 from dataclasses import dataclass, field
 
-import torch
-
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from . import ag_news
 from .encode import Encoded, encode_texts, encode_tokens
 from .readers import Rows, read_rows
+from .split import stratified_indices
 from .tokenizer import TOKENIZERS, Tokenizer
 from .vocab import Vocab
 
@@ -92,13 +91,9 @@ def read_labelled(path: str, cfg: DataConfig) -> Rows:
 
 
 def split_off(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows]:
-    """A reproducible random `fraction` of `rows` as validation; the rest stays for training."""
-    n = len(rows)
-    n_valid = int(round(n * fraction))
-    if n_valid == 0 or n_valid >= n:
-        raise ConfigError(f"--valid-split {fraction} of {n} rows leaves no training or validation rows")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    valid_idx, train_idx = sorted(perm[:n_valid]), sorted(perm[n_valid:])
+    """A reproducible random `fraction` of `rows` as validation, stratified by class (data/split.py); the
+    rest stays for training."""
+    train_idx, valid_idx = stratified_indices(rows.labels, fraction, seed)
 
     # bad rows of the file are reported once, with its training part
     return rows.take(train_idx, skipped=rows.skipped), rows.take(valid_idx, rows.path + " (validation split)")
