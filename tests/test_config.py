@@ -45,7 +45,7 @@ DEFAULTS = {
     "train": {"epochs": 5, "batch_size": 128, "lr": 6e-3, "schedule": "onecycle", "weight_decay": 0.1, "clip": 1.0,
               "seed": 0, "device": "auto", "epoch_size": None, "bucket": True, "threads": None,
               "checkpoint_every": None, "dist_timeout": 300.0, "lazy_embedding": False, "overlap_update": None,
-              "max_batch_tokens": 65536},
+              "max_batch_tokens": 65536, "class_weight": None},
     "format_version": 1,
 }
 

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import math
+import random
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rnntext.config import DataConfig
+from conftest import make_tiny_config
+from rnntext.cli import main
+from rnntext.config import DataConfig, parse_class_weight
 from rnntext.data.dataset import load_splits
 from rnntext.data.split import stratified_indices
+from rnntext.errors import ConfigError
+from rnntext.training.class_weight import class_weights
+from rnntext.training.trainer import Trainer, train
 
 
 def test_valid_split_keeps_class_proportions(write_data: Callable[..., Path]) -> None:
@@ -53,3 +62,73 @@ def test_multi_label_rows_are_stratified_by_label_set() -> None:
     labels: list[list[str]] = [["x"]] * 80 + [["x", "y"]] * 20
     _, valid = stratified_indices(labels, 0.1, 0)
     assert Counter(tuple(labels[i]) for i in valid) == {("x",): 8, ("x", "y"): 2}
+
+
+# --- --class-weight ------------------------------------------------------------------------------------------
+
+
+def test_balanced_weights_are_scikit_learns() -> None:
+    # compute_class_weight('balanced', classes=[0, 1, 2], y=y): n_samples / (n_classes * bincount(y))
+    y = torch.tensor([0] * 20 + [1] * 4 + [2] * 1)
+    w = class_weights("balanced", y, ["a", "b", "c"])
+    assert w is not None
+    assert w.tolist() == pytest.approx([25 / 60, 25 / 12, 25 / 3])
+    assert float(w[y].sum()) == pytest.approx(len(y))  # every class then carries the same total weight
+    assert class_weights(None, y, ["a", "b", "c"]) is None
+
+
+def test_explicit_class_weights_and_their_errors() -> None:
+    y = torch.tensor([0, 1, 2])
+    w = class_weights("c=4, a=0.5", y, ["a", "b", "c"])
+    assert w is not None and w.tolist() == [0.5, 1.0, 4.0]  # b left out: 1
+    with pytest.raises(ConfigError, match=r"^--class-weight: 'x' is not a class of the training data"):
+        class_weights("x=2", y, ["a", "b", "c"])
+    with pytest.raises(ConfigError, match=r"class 'c' has no training rows"):
+        class_weights("balanced", torch.tensor([0, 1]), ["a", "b", "c"])
+    assert parse_class_weight("a=b=2") == {"a=b": 2.0}  # a label may hold "="
+    for bad in ("pos", "pos=0", "pos=-1", "pos=nan", "pos=inf", "pos=x", "=2", "a=1,a=2", ""):
+        with pytest.raises(ValueError, match="expected balanced or distinct NAME=WEIGHT pairs"):
+            parse_class_weight(bad)
+
+
+@pytest.mark.parametrize("value", ["pos=0", "balance", "pos=two"])
+def test_bad_class_weight_is_a_one_line_cli_error(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--train", "nowhere.csv", "--class-weight", value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("rnntext: error: --class-weight must be balanced or distinct NAME=WEIGHT pairs"), err
+
+
+def _imbalanced(n_big: int, n_rare: int) -> list[tuple[str, str]]:
+    rng = random.Random(0)
+    good, bad, filler = ["great", "superb", "fine"], ["awful", "boring", "dull"], ["the", "a", "film", "plot", "was"]
+    rows = [(" ".join(rng.choices(filler, k=4) + [rng.choice(good)]), "pos") for _ in range(n_big)]
+    rows += [(" ".join(rng.choices(filler, k=4) + [rng.choice(bad)]), "neg") for _ in range(n_rare)]
+    rng.shuffle(rows)
+    return rows
+
+
+def test_class_weights_reach_the_training_loss(write_data: Callable[..., Path], tmp_path: Path) -> None:
+    """The loss of a training step is the weighted mean sum(w_y * nll) / sum(w_y), and the run keeps the
+    setting (config.json) and the weights it gave (metrics.json)."""
+    path = write_data("train.csv", ["text", "label"], _imbalanced(200, 10))
+    cfg = make_tiny_config(data__train=str(path), train__class_weight="balanced", model__dropout=0.0,
+                           model__embed_dropout=0.0)
+    trainer = Trainer(cfg, None, progress=False, log=lambda s: None)
+    assert trainer.class_weight is not None
+    # 5% of 210 rows, stratified: 10 pos (and no neg, 0.5 rounded down) to validation; 190 pos, 10 neg train
+    assert trainer.class_weight.tolist() == pytest.approx([200 / (2 * 10), 200 / (2 * 190)])
+    batch = trainer.epoch_order(0)[0]
+    b = trainer._batch(batch)
+    with torch.no_grad():
+        nll = -trainer.model(b.tokens, b.lengths, b.offsets).log_softmax(1).gather(1, b.labels[:, None])[:, 0]
+    w = trainer.class_weight[b.labels]
+    expected = float((w * nll).sum() / w.sum())
+    loss_sum, _, n = trainer.train_step(batch)
+    assert loss_sum / n == pytest.approx(expected, rel=1e-5)
+
+    result = train(cfg, str(tmp_path / "run"), progress=False, log=lambda s: None)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["class_weight"] == "balanced"
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["class_weights"]
+    assert saved == pytest.approx({"neg": 200 / 20, "pos": 200 / 380})
+    assert result.metrics["class_weights"] == saved

@@ -256,6 +256,33 @@ def parse_label_names(text: str) -> dict[str, str]:
     return names
 
 
+def parse_class_weight(text: str) -> str | dict[str, float]:
+    """`balanced`, or `pos=5,neg=1` -> {"pos": 5.0, "neg": 1.0} (--class-weight); ValueError says what is
+    wrong. A name is what follows the last "=" back to the comma, so a label may hold "=" but not ","."""
+    if text.strip() == "balanced":
+        return "balanced"
+    weights: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.rpartition("=")
+        name = name.strip()
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = math.nan
+        if not sep or not name or name in weights or not math.isfinite(weight) or weight <= 0:
+            raise ValueError(f"expected balanced or distinct NAME=WEIGHT pairs with positive weights, got {item!r}")
+        weights[name] = weight
+    return weights
+
+
+def _check_class_weight(value: str) -> str | None:
+    try:
+        parse_class_weight(value)
+    except ValueError as e:
+        return str(e).replace("expected", "must be", 1).split(", got ")[0]
+    return None
+
+
 def _device(**kw: Any) -> Any:
     return setting("auto", help="auto (CUDA when present), cpu, cuda or cuda:N", check=_check_device,
                    metavar="DEVICE", **kw)
@@ -415,6 +442,11 @@ class TrainConfig(Settings):
     weight_decay: float = setting(0.1, min=0.0, max=MAX_WEIGHT_DECAY, help="decoupled weight decay (AdamW)")
     clip: float | None = setting(1.0, gt=0.0, help="gradient norm clip")
     seed: int = setting(0, min=0, max=INT64_MAX, help="random seed (weights, shuffling, validation split)")
+    class_weight: str | None = setting(None, check=_check_class_weight, metavar="balanced|NAME=W,...",
+                                       show_default=False,
+                                       help="weigh each class's rows in the training loss: balanced (n_rows / "
+                                            "(n_classes * class rows), as scikit-learn) or NAME=WEIGHT pairs "
+                                            "(classes left out weigh 1)")
     device: str = _device()
     epoch_size: int | None = setting(None, min=1, show_default=False, metavar="N",
                                      help="stop each epoch after N batches (the tutorial's early cut-off)")

@@ -31,6 +31,8 @@ from ..model.base import TextClassifier
 from . import checkpoint as ckpt_io
 from . import distributed
 from .callbacks import Callback, Callbacks
+from .class_weight import class_weights
+from .class_weight import describe as describe_weights
 from .device import resolve_device, set_threads
 from .logits import predict_logits
 from .metrics import classification_report
@@ -126,6 +128,10 @@ class Trainer:
         for path, n in p.skipped.items():
             self.log(f"skipped {n} bad rows in {path}")
         self.data = p = cut_to_budget(p, cfg.train.max_batch_tokens, self.log)  # the memory bound
+        self.class_weight = class_weights(cfg.train.class_weight, p.train.labels, p.label_names)  # None: unweighted
+        if self.class_weight is not None:
+            self.log(describe_weights(self.class_weight, p.label_names))
+            self.class_weight = self.class_weight.to(self.device)
 
         # --- model, optimiser, schedule
         self.embeddings = pretrained_embeddings(cfg, p, self.log)  # --embeddings: sets embed_dim from the file
@@ -170,7 +176,7 @@ class Trainer:
         """One optimiser step on `batch` (or the rows of an index tensor): (summed loss, correct, rows)."""
         b = self._batch(batch)
         logits = self.train_module(b.tokens, b.lengths, b.offsets)
-        loss = F.cross_entropy(logits, b.labels)
+        loss = F.cross_entropy(logits, b.labels, weight=self.class_weight)
         for q in self.params:  # optimizer.zero_grad(set_to_none=True) without its per-step overhead
             q.grad = None
         loss.backward()
@@ -373,6 +379,8 @@ class Trainer:
             "device": str(self.device), "threads": torch.get_num_threads()}
         if self.embeddings is not None:
             metrics["embeddings"] = self.embeddings.summary()
+        if self.class_weight is not None:
+            metrics["class_weights"] = dict(zip(p.label_names, self.class_weight.tolist()))
         if p.test is not None:
             metrics["test"] = evaluate_encoded(self.model, p.test, p.label_names, self.device, self.dist,
                                                self.cfg.train.max_batch_tokens)
