@@ -215,11 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict labels of texts")
     p.add_argument("run_dir")
     p.add_argument("texts", nargs="*", help="texts (none and no --file: one per line on stdin)")
-    p.add_argument("--file", help="a file with one text per line (predicted after any texts given)")
+    p.add_argument("--file", help="a file with one text per line (predicted after any texts given); or a table, "
+                   "by its extension: .csv, .tsv, .jsonl (optionally .gz), .parquet, .feather / .arrow, whose "
+                   "--text-column is predicted row by row")
     p.add_argument("--ensemble", action="append", default=[], metavar="RUN_DIR",
                    help="another run directory whose class probabilities are averaged with RUN_DIR's (repeatable)")
     add_settings(p, TrainConfig, ("device", "threads"))
     p.add_argument("--json", action="store_true", help="JSON lines with all class probabilities")
+    p.add_argument("--output", metavar="FILE", help="write every input row, all its columns kept, with the "
+                   "prediction's columns (prediction.label, prediction.probabilities.CLASS, ...) to FILE: .csv, "
+                   ".tsv, .jsonl (optionally .gz), .parquet or .feather / .arrow; streamed, in constant memory")
+    add_settings(p.add_argument_group("table input (--file F.csv|tsv|jsonl|parquet|feather)"), DataConfig,
+                 ("text_columns", "quoting", "skip_bad_rows"))
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (--output)")
     p.add_argument("--explain", action="store_true", help="add each word's attribution to the predicted class "
                    "(as `rnntext explain`; needs Captum: pip install 'rnntext[explain]')")
     add_settings(p, InferenceConfig)
@@ -477,6 +485,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         predictor = Predictor.load([args.run_dir, *args.ensemble], train.get("device", "auto"), train.get("threads"),
                                    run.precision)
+    if args.output or _is_table(args.file):  # a table in, or a table out: rnntext.inference.table_predict
+        return _predict_table(args, predictor, predictor.predict)
     texts = _read_texts(args)
     if args.explain:
         for ex in predictor.explain(texts):
@@ -495,6 +505,57 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 print(json.dumps(pred.to_dict(), ensure_ascii=False, allow_nan=False))
             else:
                 print(f"{pred.label}\t{pred.probabilities[pred.label]:.4f}")
+    return 0
+
+
+def _is_table(path: str | None) -> bool:
+    """Whether `predict --file` names a table (read by its columns) rather than a text file (one text a line)."""
+    if path is None:
+        return False
+    from .data.readers import detect_format
+    from .errors import DataError
+
+    try:
+        detect_format(path)
+    except DataError:
+        return False
+    return True
+
+
+def _predict_table(args: argparse.Namespace, predictor: Any, predict: Callable[[list[str]], Any]) -> int:
+    """`predict --file TABLE` and/or `--output FILE`: rows in, rows out, in chunks (inference/table_predict.py)."""
+    from .data.tables import TableReader
+    from .inference.table_predict import predict_chunks, predict_file, text_chunks, write_predictions
+
+    if args.explain:
+        raise ConfigError("--explain prints each text's attributions; drop it with a table --file or --output")
+    data = given(args, DataConfig)
+    columns, quoting, skip = data.get("text_columns", ["text"]), data.get("quoting", "csv"), data.get(
+        "skip_bad_rows", False)
+    table = _is_table(args.file)
+    if table and args.texts:
+        raise ConfigError("give texts as arguments or a table with --file, not both")
+    if args.output:
+        if table and os.path.abspath(args.output) == os.path.abspath(args.file):
+            raise ConfigError("--output must not be the --file it reads")
+        if table:
+            summary = predict_file(args.file, args.output, predict, predictor.labels, columns, quoting=quoting,
+                                   skip_bad_rows=skip, progress=not args.quiet)
+        else:
+            summary = write_predictions(text_chunks(_read_texts(args)), predict, predictor.labels, args.output,
+                                        progress=not args.quiet)
+        print(f"rnntext: {summary['rows']:,} rows predicted, written to {summary['output']}"
+              + (f" ({summary['skipped']} bad rows skipped)" if summary["skipped"] else ""), file=sys.stderr)
+        return 0
+    reader = TableReader(args.file, columns, quoting=quoting, skip_bad_rows=skip)
+    skipped = 0
+    for chunk, preds in predict_chunks(reader.chunks(), predict, progress=False):
+        skipped += chunk.skipped
+        for pred in preds:
+            print(json.dumps(pred.to_dict(), ensure_ascii=False, allow_nan=False) if args.json
+                  else f"{pred.label}\t{pred.probabilities[pred.label]:.4f}")
+    if skipped:
+        print(f"rnntext: skipped {skipped} bad rows in {args.file}", file=sys.stderr)
     return 0
 
 

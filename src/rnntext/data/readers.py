@@ -1,4 +1,5 @@
-"""Readers for CSV, TSV and JSONL files (optionally gzip-compressed).
+"""Readers for CSV, TSV and JSONL files (optionally gzip-compressed); Parquet and Arrow/Feather files
+through data/columnar.py. `iter_rows` reads any of them in chunks, `read_rows` whole.
 
 Every problem is reported as a one-line `DataError` naming the file and line; with `skip_bad_rows`
 a bad row is skipped and counted instead. Handled: a UTF-8 BOM, CRLF / CR line ends, invalid
@@ -14,9 +15,11 @@ import itertools
 import json
 import math
 import re
+import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +27,16 @@ from typing import Any
 from ..config import QUOTINGS
 from ..errors import DataError
 
-FORMATS = ("csv", "tsv", "jsonl")
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "arrow")
+COLUMNAR = ("parquet", "arrow")  # read with pyarrow (data/columnar.py), in record batches
+# rows per chunk of iter_rows: what a streaming reader holds at a time
+CHUNK_ROWS = 65_536
 SKIP_HINT = " (use --skip-bad-rows to skip such rows)"
+# Data given from Python instead of files (data/memory.py): while a training reads it, its name ("<train:
+# DataFrame(...)>", what config.json records) stands for a file, read by a function of (text_columns,
+# label_column, skip_bad_rows, label_separator, chunk_rows) that yields chunks as iter_rows does.
+_IN_MEMORY: ContextVar[Mapping[str, Callable[..., Iterator[Rows]]] | None] = ContextVar("rnntext_in_memory",
+                                                                                 default=None)
 # Bytes that are not UTF-8 decode (with surrogateescape) to lone surrogates: a row holding one is bad.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
@@ -57,8 +68,12 @@ def detect_format(path: str | Path) -> str:
                         (".ndjson", "jsonl"), (".json", "jsonl")):
         if name.endswith(suffix):
             return fmt
+    for suffix, fmt in ((".parquet", "parquet"), (".pq", "parquet"), (".feather", "arrow"), (".arrow", "arrow"),
+                        (".ipc", "arrow"), (".arrows", "arrow")):
+        if str(path).lower().endswith(suffix):  # compressed inside: no .gz
+            return fmt
     raise DataError("cannot tell the format from the file name; expected .csv, .tsv or .jsonl "
-                    "(optionally .gz)", str(path))
+                    "(optionally .gz), .parquet, or .feather / .arrow", str(path))
 
 
 # Limits on what one input file may cost (docs/guides/limits.md, "Files and run directories"). Files are
@@ -196,22 +211,155 @@ def read_rows(
     header: bool = True,
     skip_bad_rows: bool = False,
     quoting: str = "csv",
+    label_separator: str | None = None,
 ) -> Rows:
     """Read texts and labels. With `header=False` (CSV/TSV), columns are 0-based indices; `quoting`:
-    one of QUOTINGS (CSV/TSV)."""
+    one of QUOTINGS (CSV/TSV). `label_separator` (multi-label): a JSONL label may also be a list, kept
+    as its labels joined by the separator (which none may hold), the way a CSV/TSV column has them.
+    Parquet and Arrow files: see data/columnar.py (their row numbers stand where lines do)."""
+    return merge_rows(iter_rows(path, text_columns, label_column, fmt=fmt, header=header, skip_bad_rows=skip_bad_rows,
+                                quoting=quoting, label_separator=label_separator, chunk_rows=sys.maxsize))
+
+
+def iter_rows(
+    path: str | Path,
+    text_columns: list[str],
+    label_column: str,
+    *,
+    fmt: str | None = None,
+    header: bool = True,
+    skip_bad_rows: bool = False,
+    quoting: str = "csv",
+    label_separator: str | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[Rows]:
+    """read_rows in chunks: Rows of at most `chunk_rows` rows each, in file order, read as they are asked
+    for, so memory holds one chunk (and a streaming reader's buffer), not the file. A chunk's `skipped`
+    counts the bad rows skipped since the previous chunk (the last chunk may hold only a count). The errors
+    are read_rows's; a file without a good row is one after its skipped rows were counted."""
+    source = (_IN_MEMORY.get() or {}).get(str(path))
+    if source is not None:  # data given from Python (data/memory.py)
+        yield from source(text_columns, label_column, skip_bad_rows, label_separator, chunk_rows)
+        return
+    if str(path).startswith("<") and str(path).endswith(">"):
+        raise DataError("data given from Python when the run was trained, not a file; give it again from Python "
+                        "(rnntext.resume(RUN, train=...)) or name a file", str(path))
     fmt = fmt or detect_format(path)
+    if fmt in COLUMNAR:
+        yield from _iter_columnar(str(path), fmt, text_columns, label_column, skip_bad_rows, label_separator,
+                                  chunk_rows)
+        return
     if fmt != "jsonl" and quoting not in QUOTINGS:
         raise DataError(f"unknown quoting {quoting!r}; choose one of {', '.join(QUOTINGS)}", str(path))
     with open_text(path, lenient=skip_bad_rows) as lines:
         if fmt == "jsonl":
-            return _read_jsonl(str(path), lines, text_columns, label_column, skip_bad_rows)
-        return _read_delimited(str(path), lines, "," if fmt == "csv" else "\t", text_columns,
-                               label_column, header, skip_bad_rows, quoting)
+            yield from _iter_jsonl(str(path), lines, text_columns, label_column, skip_bad_rows, label_separator,
+                                   chunk_rows)
+        else:
+            yield from _iter_delimited(str(path), lines, "," if fmt == "csv" else "\t", text_columns,
+                                       label_column, header, skip_bad_rows, quoting, chunk_rows)
 
 
-def _read_delimited(path: str, lines: _Lines, delimiter: str, text_columns: list[str], label_column: str,
-                    header: bool, skip_bad_rows: bool, quoting: str = "csv") -> Rows:
+def label_problem(value: Any, label_separator: str | None) -> tuple[str | None, str]:
+    """(what is wrong with a label cell of a Parquet / Arrow file or of data given from Python, or None; the
+    label as a string): strings and numbers, as in JSONL; a list with a label separator (multi-label)."""
+    if value is None:
+        return "the label is null", ""
+    if isinstance(value, list):
+        problem, joined = _label_list(value, label_separator)
+        return problem, joined if problem is None else ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return f"label must be a string or a number, found {type(value).__name__}", ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"label must be a finite number, found {value}", ""
+    label = str(value).strip()
+    return (None, label) if label else ("empty label", "")
+
+
+def rows_of_cells(rows: Rows, cells: Mapping[str, Sequence[Any]], first_row: int, text_columns: list[str],
+                  label_column: str, skip_bad_rows: bool, label_separator: str | None) -> None:
+    """Append to `rows` the good rows of a batch of columns (`cells`: column -> values; row numbers from
+    `first_row`); a bad row (null text, bad label) is a DataError naming the row, or skipped and counted."""
+    texts = [cells[c] for c in text_columns]
+    for i, value in enumerate(cells[label_column]):
+        problem, label = label_problem(value, label_separator)
+        parts = [column[i] for column in texts]
+        if problem is None:
+            if any(p is None or (isinstance(p, float) and math.isnan(p)) for p in parts):
+                problem = "the text is null" if len(parts) == 1 else "a text column is null"
+            elif not all(isinstance(p, (str, int, float)) and not isinstance(p, bool) for p in parts):
+                problem = "text must be a string"
+        if problem is not None:
+            if not skip_bad_rows:
+                raise DataError(problem + SKIP_HINT, rows.path, first_row + i)
+            rows.skipped += 1
+            continue
+        rows.texts.append(" ".join(p if isinstance(p, str) else str(p) for p in parts))
+        rows.labels.append(label)
+        rows.lines.append(first_row + i)
+
+
+def chunk_batches(path: str, batches: Iterable[tuple[int, Mapping[str, Sequence[Any]]]], text_columns: list[str],
+                  label_column: str, skip_bad_rows: bool, label_separator: str | None,
+                  chunk_rows: int) -> Iterator[Rows]:
+    """iter_rows's chunks from batches of columns ((first row number, column -> values), each of at most
+    `chunk_rows` rows): Parquet and Arrow files, data given from Python."""
+    rows, emitted = Rows(path), 0
+    for first_row, cells in batches:
+        rows_of_cells(rows, cells, first_row, text_columns, label_column, skip_bad_rows, label_separator)
+        if len(rows) >= chunk_rows:
+            emitted += len(rows)
+            cut = Rows(path, rows.texts[chunk_rows:], rows.labels[chunk_rows:], rows.lines[chunk_rows:])
+            del rows.texts[chunk_rows:], rows.labels[chunk_rows:], rows.lines[chunk_rows:]
+            yield rows
+            rows = cut
+    if not rows.texts and not emitted:
+        raise DataError("no data rows" + (f" ({rows.skipped} bad rows skipped)" if rows.skipped else ""), path)
+    if rows.texts or rows.skipped:
+        yield rows
+
+
+def _iter_columnar(path: str, fmt: str, text_columns: list[str], label_column: str, skip_bad_rows: bool,
+                   label_separator: str | None, chunk_rows: int) -> Iterator[Rows]:
+    """iter_rows for a Parquet or Arrow file (data/columnar.py): the chunks' `lines` are row numbers, from 1."""
+    from .columnar import ColumnarFile, cells, check_types
+
+    _check_path(Path(path))
+    with ColumnarFile(path, fmt) as f:
+        f.require([*text_columns, label_column])
+        check_types(f, text_columns, label_column, label_separator)
+        wanted = list(dict.fromkeys([*text_columns, label_column]))
+
+        def batches() -> Iterator[tuple[int, dict[str, list[Any]]]]:
+            row = 1
+            for batch in f.batches(wanted, min(chunk_rows, CHUNK_ROWS)):
+                yield row, cells(f, batch, wanted, row)
+                row += batch.num_rows
+
+        yield from chunk_batches(path, batches(), text_columns, label_column, skip_bad_rows, label_separator,
+                                 chunk_rows)
+
+
+def merge_rows(chunks: Iterable[Rows]) -> Rows:
+    """The chunks of iter_rows as one Rows."""
+    merged: Rows | None = None
+    for chunk in chunks:
+        if merged is None:
+            merged = chunk
+            continue
+        merged.texts += chunk.texts
+        merged.labels += chunk.labels
+        merged.lines += chunk.lines
+        merged.skipped += chunk.skipped
+    assert merged is not None  # iter_rows yields a chunk or raises
+    return merged
+
+
+def _iter_delimited(path: str, lines: _Lines, delimiter: str, text_columns: list[str], label_column: str,
+                    header: bool, skip_bad_rows: bool, quoting: str = "csv",
+                    chunk_rows: int = CHUNK_ROWS) -> Iterator[Rows]:
     rows = Rows(path)
+    emitted = 0
     kind = "CSV" if delimiter == "," else "TSV"
     # blank lines before the first one with text: a header-less file skips them; with a header, the first
     # line is the header (a blank one names no columns)
@@ -280,15 +428,22 @@ def _read_delimited(path: str, lines: _Lines, delimiter: str, text_columns: list
             rows.texts.append(" ".join(row[i] for i in text_idx))
             rows.labels.append(row[label_idx].strip())
             rows.lines.append(line)
-    if not rows.texts:
+            if len(rows) >= chunk_rows:
+                emitted += len(rows)
+                yield rows
+                rows = Rows(path)  # `bad` counts into the new chunk
+    if not rows.texts and not emitted:
         raise DataError("no data rows" + (" after the header" if header else "")
                         + (f" ({rows.skipped} bad rows skipped)" if rows.skipped else ""), path)
-    return rows
+    if rows.texts or rows.skipped:
+        yield rows
 
 
-def _read_jsonl(path: str, lines: _Lines, text_columns: list[str], label_column: str,
-                skip_bad_rows: bool) -> Rows:
+def _iter_jsonl(path: str, lines: _Lines, text_columns: list[str], label_column: str,
+                skip_bad_rows: bool, label_separator: str | None = None,
+                chunk_rows: int = CHUNK_ROWS) -> Iterator[Rows]:
     rows = Rows(path)
+    emitted = 0
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -313,6 +468,10 @@ def _read_jsonl(path: str, lines: _Lines, text_columns: list[str], label_column:
                 label = obj.get(label_column)
                 if missing:
                     problem = f"missing key {', '.join(map(repr, missing))}"
+                elif isinstance(label, list):
+                    problem, obj[label_column] = _label_list(label, label_separator)
+                    if problem is None and any(not isinstance(obj[c], (str, int, float)) for c in text_columns):
+                        problem = "text must be a string"
                 elif not isinstance(label, (str, int, float)) or isinstance(label, bool):
                     problem = f"label must be a string or a number, found {type(label).__name__}"
                 elif isinstance(label, float) and not math.isfinite(label):
@@ -329,6 +488,30 @@ def _read_jsonl(path: str, lines: _Lines, text_columns: list[str], label_column:
         rows.texts.append(" ".join(str(obj[c]) for c in text_columns))
         rows.labels.append(str(obj[label_column]).strip())
         rows.lines.append(lineno)
-    if not rows.texts:
+        if len(rows) >= chunk_rows:
+            emitted += len(rows)
+            yield rows
+            rows = Rows(path)
+    if not rows.texts and not emitted:
         raise DataError("no data rows" + (f" ({rows.skipped} bad rows skipped)" if rows.skipped else ""), path)
-    return rows
+    if rows.texts or rows.skipped:
+        yield rows
+
+
+def _label_list(items: list[Any], separator: str | None) -> tuple[str | None, Any]:
+    """(problem, label): a JSONL list of labels (multi-label) as one label string, its labels joined by
+    `separator`; or what is wrong with it."""
+    if separator is None:
+        return "label must be a string or a number, found a list (give --multi-label for sets of labels)", items
+    if not items:
+        return "empty label list", items
+    for item in items:
+        if not isinstance(item, (str, int, float)) or isinstance(item, bool) or (
+                isinstance(item, float) and not math.isfinite(item)):
+            return f"labels in a list must be strings or finite numbers, found {type(item).__name__}", items
+        if not str(item).strip():
+            return "empty label in the list", items
+        if separator in str(item):
+            return (f"label {str(item)[:100]!r} holds the label separator {separator!r}; choose another "
+                    "--label-separator"), items
+    return None, separator.join(str(item).strip() for item in items)

@@ -24,6 +24,7 @@ from torch import Tensor
 from .. import fast
 from ..config import MAX_BATCH_TOKENS, RunConfig
 from ..data import Batch, Encoded, Prepared, epoch_batches, make_batch, padded_batches, prepare
+from ..data.memory import given_again, given_data
 from ..data.vectors import Pretrained, describe, load_pretrained
 from ..errors import CheckpointError, ConfigError, DataError, RnnTextError, TrainingInterrupted
 from ..model import build_model
@@ -414,28 +415,36 @@ def _fit(trainer: Trainer, ckpt: ckpt_io.Checkpoint | None = None) -> TrainResul
         trainer.dist.close()
 
 
-def train(cfg: RunConfig, out_dir: str | None = None, *, prepared: Prepared | None = None,
-          progress: bool = True, log: Callable[[str], None] | None = None,
-          callbacks: Iterable[Callback] = ()) -> TrainResult:
-    """Train a model as `cfg` says; with `out_dir`, write the run directory there. `callbacks`
-    (training/callbacks.py) are told of the steps, the epochs and the end."""
-    if out_dir is None:
-        return _fit(Trainer(cfg, None, prepared=prepared, progress=progress, log=log, callbacks=callbacks))
-    with ckpt_io.run_lock(out_dir):  # the whole run: a second process writing `out_dir` fails at once
-        ckpt_io.prepare_new_run(out_dir)
-        return _fit(Trainer(cfg, out_dir, prepared=prepared, progress=progress, log=log, callbacks=callbacks))
+def train(cfg: RunConfig | None = None, out_dir: str | None = None, *, train: Any = None, valid: Any = None,
+          test: Any = None, prepared: Prepared | None = None, progress: bool = True,
+          log: Callable[[str], None] | None = None, callbacks: Iterable[Callback] = ()) -> TrainResult:
+    """Train a model as `cfg` (default: the defaults) says; with `out_dir`, write the run directory there.
+    `train`, `valid`, `test`: data held in Python instead of the files cfg.data names (a pandas DataFrame,
+    a Hugging Face datasets.Dataset, a pyarrow Table, a dict of columns or (texts, labels); data/memory.py),
+    read with cfg.data's columns; config.json records what each was. `callbacks` (training/callbacks.py)
+    are told of the steps, the epochs and the end."""
+    cfg, given = given_data(cfg if cfg is not None else RunConfig(), train, valid, test)
+    with given:
+        if out_dir is None:
+            return _fit(Trainer(cfg, None, prepared=prepared, progress=progress, log=log, callbacks=callbacks))
+        with ckpt_io.run_lock(out_dir):  # the whole run: a second process writing `out_dir` fails at once
+            ckpt_io.prepare_new_run(out_dir)
+            return _fit(Trainer(cfg, out_dir, prepared=prepared, progress=progress, log=log, callbacks=callbacks))
 
 
-def resume(run_dir: str, *, progress: bool = True, log: Callable[[str], None] | None = None,
-           callbacks: Iterable[Callback] = ()) -> TrainResult:
-    """Continue the run in `run_dir` from its last checkpoint, with the configuration stored there."""
+def resume(run_dir: str, *, train: Any = None, valid: Any = None, test: Any = None, progress: bool = True,
+           log: Callable[[str], None] | None = None, callbacks: Iterable[Callback] = ()) -> TrainResult:
+    """Continue the run in `run_dir` from its last checkpoint, with the configuration stored there. A run
+    trained from data held in Python is given that data again (`train=df`, ...; the checkpoint checks
+    that it holds the same rows)."""
     with ckpt_io.run_lock(run_dir):
         ckpt = ckpt_io.load_checkpoint(run_dir)
         if ckpt.finished:
             raise CheckpointError("this run has finished; there is nothing to resume",
                                   str(ckpt_io.manifest_path(run_dir)))
         try:  # the data are prepared again from the files the checkpoint's config names
-            trainer = Trainer(ckpt.config, str(run_dir), progress=progress, log=log, callbacks=callbacks)
+            with given_again(ckpt.config, train, valid, test):
+                trainer = Trainer(ckpt.config, str(run_dir), progress=progress, log=log, callbacks=callbacks)
         except (ConfigError, DataError) as e:
             raise CheckpointError(f"cannot prepare the training data its config names ({e})",
                                   str(ckpt_io.manifest_path(run_dir))) from None

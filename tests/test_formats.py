@@ -1,0 +1,328 @@
+"""Data as users hold it (issue 17, item 3): Parquet and Arrow/Feather files, training from a pandas
+DataFrame, a Hugging Face Dataset, a pyarrow Table or plain lists, and `predict --file T --output O`
+keeping every input column, streamed in constant memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pd = pytest.importorskip("pandas")
+pa = pytest.importorskip("pyarrow")
+import pyarrow.feather as feather  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+import rnntext  # noqa: E402
+from rnntext.config import RunConfig  # noqa: E402
+from rnntext.data.readers import iter_rows, read_rows  # noqa: E402
+from rnntext.errors import ConfigError, DataError  # noqa: E402
+from rnntext.inference.predictor import Predictor  # noqa: E402
+
+WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "sad"],
+         "mid": ["table", "chair", "door", "wall"]}
+
+
+def _frame(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = random.Random(seed)
+    labels = [rng.choice(list(WORDS)) for _ in range(n)]
+    texts = [" ".join(rng.choice(WORDS[lab] + WORDS["mid"]) for _ in range(rng.randint(2, 9))) + f", row {i}"
+             for i, lab in enumerate(labels)]
+    return pd.DataFrame({"id": [1000 + i for i in range(n)], "text": texts, "label": labels})
+
+
+def _cfg(**data: object) -> RunConfig:
+    cfg = RunConfig()
+    cfg.model.model, cfg.model.embed_dim, cfg.model.hidden_dim = "gru", 8, 8
+    cfg.train.epochs, cfg.train.threads, cfg.train.batch_size = 1, 1, 32
+    for k, v in data.items():
+        setattr(cfg.data, k, v)
+    return cfg
+
+
+def _weights(result: object) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in result.model.state_dict().items()}  # type: ignore[attr-defined]
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _files(df: pd.DataFrame, d: Path) -> dict[str, Path]:
+    """The same rows as CSV, JSONL, Parquet (several row groups) and Feather (several record batches)."""
+    paths = {"csv": d / "t.csv", "jsonl": d / "t.jsonl", "parquet": d / "t.parquet", "feather": d / "t.feather"}
+    df.to_csv(paths["csv"], index=False)
+    df.to_json(paths["jsonl"], orient="records", lines=True, force_ascii=False)
+    df.to_parquet(paths["parquet"], row_group_size=37, index=False)
+    feather.write_feather(pa.Table.from_pandas(df, preserve_index=False), paths["feather"], chunksize=41)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("formats") / "run"
+    rnntext.train(_cfg(), str(out), train=_frame(300), progress=False, log=lambda s: None)
+    return out
+
+
+# --- reading -----------------------------------------------------------------------------------------------
+
+
+def test_every_format_reads_the_same_rows_whole_and_in_chunks(tmp_path: Path) -> None:
+    paths = _files(_frame(200), tmp_path)
+    whole = {fmt: read_rows(p, ["text"], "label") for fmt, p in paths.items()}
+    for fmt, rows in whole.items():
+        assert (rows.texts, rows.labels) == (whole["csv"].texts, whole["csv"].labels), fmt
+        chunks = list(iter_rows(paths[fmt], ["text"], "label", chunk_rows=7))
+        assert [len(c) for c in chunks] == [7] * 28 + [4], fmt
+        assert sum((c.texts for c in chunks), []) == rows.texts
+        assert sum((c.lines for c in chunks), []) == rows.lines
+    assert whole["parquet"].lines[:3] == [1, 2, 3]  # rows, from 1
+    assert whole["csv"].lines[:3] == [2, 3, 4]  # lines: the header is line 1
+
+
+def test_parquet_feather_csv_jsonl_train_bit_identical_models(tmp_path: Path) -> None:
+    paths = _files(_frame(240), tmp_path)
+    weights = {fmt: _weights(rnntext.train(_cfg(train=str(p)), None, progress=False, log=lambda s: None))
+               for fmt, p in paths.items()}
+    for fmt in ("jsonl", "parquet", "feather"):
+        _same(weights["csv"], weights[fmt])
+
+
+def test_bad_parquet_inputs_are_one_line_errors_naming_file_and_row(tmp_path: Path) -> None:
+    df = _frame(20)
+    df.loc[6, "text"] = None
+    df.to_parquet(tmp_path / "null.parquet")
+    with pytest.raises(DataError) as e:
+        read_rows(tmp_path / "null.parquet", ["text"], "label")
+    assert str(e.value).startswith(f"{tmp_path / 'null.parquet'}:7: the text is null")
+    assert e.value.line == 7
+    rows = read_rows(tmp_path / "null.parquet", ["text"], "label", skip_bad_rows=True)
+    assert (len(rows), rows.skipped) == (19, 1)
+
+    df = _frame(20)
+    df.loc[3, "label"] = None
+    df.to_parquet(tmp_path / "nolabel.parquet")
+    with pytest.raises(DataError, match=r"nolabel.parquet:4: the label is null"):
+        read_rows(tmp_path / "nolabel.parquet", ["text"], "label")
+
+    _frame(5).to_parquet(tmp_path / "ok.parquet")
+    with pytest.raises(DataError, match=r"ok.parquet: no column named 'body'; the file has 'id', 'text', 'label'"):
+        read_rows(tmp_path / "ok.parquet", ["body"], "label")
+
+    pd.DataFrame({"text": [["a", "b"]], "label": ["x"]}).to_parquet(tmp_path / "listtext.parquet")
+    with pytest.raises(DataError, match=r"listtext.parquet: column 'text' holds list<.*>; a text column must hold"):
+        read_rows(tmp_path / "listtext.parquet", ["text"], "label")
+    pd.DataFrame({"text": ["a"], "label": [True]}).to_parquet(tmp_path / "boollabel.parquet")
+    with pytest.raises(DataError, match=r"column 'label' holds bool; a label column must hold strings or integers"):
+        read_rows(tmp_path / "boollabel.parquet", ["text"], "label")
+
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1 this is not parquet at all PAR1")
+    with pytest.raises(DataError, match=r"junk.parquet: cannot read as a Parquet file"):
+        read_rows(tmp_path / "junk.parquet", ["text"], "label")
+    full = tmp_path / "ok.parquet"
+    (tmp_path / "cut.parquet").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"cut.parquet: cannot read"):
+        read_rows(tmp_path / "cut.parquet", ["text"], "label")
+    (tmp_path / "junk.feather").write_bytes(b"not arrow")
+    with pytest.raises(DataError, match=r"junk.feather: cannot read as an Arrow IPC / Feather v2 file"):
+        read_rows(tmp_path / "junk.feather", ["text"], "label")
+
+
+def test_cli_train_on_a_bad_parquet_is_one_line(tmp_path: Path) -> None:
+    df = _frame(30)
+    df.loc[11, "text"] = None
+    df.to_parquet(tmp_path / "train.parquet")
+    proc = subprocess.run([sys.executable, "-m", "rnntext", "train", "--train", str(tmp_path / "train.parquet"),
+                           "--epochs", "1", "-q"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"rnntext: error: {tmp_path / 'train.parquet'}:12: the text is null "
+                                   "(use --skip-bad-rows to skip such rows)")
+
+
+# --- training from Python objects ------------------------------------------------------------------------
+
+
+def test_dataframe_lists_dict_arrow_and_hf_dataset_train_the_csv_model(tmp_path: Path) -> None:
+    df = _frame(240, seed=1)
+    df.to_csv(tmp_path / "t.csv", index=False)
+
+    def fit(**given: object) -> dict[str, torch.Tensor]:
+        return _weights(rnntext.train(_cfg(), None, progress=False, log=lambda s: None, **given))
+
+    reference = _weights(rnntext.train(_cfg(train=str(tmp_path / "t.csv")), None, progress=False,
+                                       log=lambda s: None))
+    _same(reference, fit(train=df))
+    _same(reference, fit(train=(df["text"].tolist(), df["label"].tolist())))
+    _same(reference, fit(train={"text": df["text"].tolist(), "label": df["label"].tolist()}))
+    _same(reference, fit(train=pa.Table.from_pandas(df, preserve_index=False)))
+    datasets = pytest.importorskip("datasets")
+    _same(reference, fit(train=datasets.Dataset.from_pandas(df, preserve_index=False)))
+    # a ClassLabel column: its integers are read as their names
+    features = datasets.Features({"id": datasets.Value("int64"), "text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=sorted(WORDS))})
+    coded = datasets.Dataset.from_dict({"id": df["id"].tolist(), "text": df["text"].tolist(),
+                                        "label": [sorted(WORDS).index(x) for x in df["label"]]}, features=features)
+    _same(reference, fit(train=coded))
+
+
+def test_the_run_directory_records_what_it_was_given(tmp_path: Path) -> None:
+    df = _frame(120)
+    result = rnntext.train(_cfg(), str(tmp_path / "run"), train=df, test=(df["text"][:30].tolist(),
+                                                                             df["label"][:30].tolist()),
+                           progress=False, log=lambda s: None)
+    data = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+    assert data["train"] == "<train: DataFrame(120 rows, columns id, text, label)>"
+    assert data["test"] == "<test: lists(30 texts and labels)>"
+    assert result.metrics["test"]["n"] == 30
+    # the run predicts like any other; evaluating it needs its test data again, said in one line
+    assert rnntext.load(tmp_path / "run").predict(["good great"])[0].label in WORDS
+    with pytest.raises(DataError, match=r"^<test: lists\(30 texts and labels\)>: data given from Python"):
+        rnntext.evaluate_run(str(tmp_path / "run"))
+
+
+def test_bad_data_from_python_names_the_row(tmp_path: Path) -> None:
+    df = _frame(50)
+    df.loc[4, "text"] = float("nan")
+    with pytest.raises(DataError, match=r"^<train: DataFrame\(50 rows, columns id, text, label\)>:4: the text is null"):
+        rnntext.train(_cfg(), None, train=df, progress=False, log=lambda s: None)
+    with pytest.raises(DataError, match=r"no column named 'body'; the DataFrame has id, text, label"):
+        cfg = _cfg()
+        cfg.data.text_columns = ["body"]
+        rnntext.train(cfg, None, train=_frame(50), progress=False, log=lambda s: None)
+    with pytest.raises(ConfigError, match=r"train=\(texts, labels\): 3 texts but 2 labels"):
+        rnntext.train(_cfg(), None, train=(["a", "b", "c"], ["x", "y"]), progress=False)
+    with pytest.raises(ConfigError, match=r"train= takes a pandas DataFrame"):
+        rnntext.train(_cfg(), None, train=42, progress=False)
+    skipping = _cfg(skip_bad_rows=True)
+    result = rnntext.train(skipping, None, train=df, progress=False, log=lambda s: None)
+    assert result.prepared.skipped == {"<train: DataFrame(50 rows, columns id, text, label)>": 1}
+
+
+def test_resume_from_python_with_the_data_given_again(tmp_path: Path, sigint_handler: None) -> None:
+    """Ctrl-C at step 5 of a run trained from a DataFrame; resume() given the DataFrame again finishes it
+    with the weights of a straight run; without it, a one-line error says what to do."""
+    import signal
+
+    from rnntext.data.memory import given_data
+    from rnntext.errors import CheckpointError, TrainingInterrupted
+    from rnntext.training.trainer import Trainer
+
+    df = _frame(200)
+    cfg = _cfg()
+    cfg.train.epochs = 2
+    quiet = {"progress": False, "log": lambda s: None}
+    straight = _weights(rnntext.train(cfg, str(tmp_path / "straight"), train=df, **quiet))
+
+    class CtrlCAtStep5(Trainer):
+        def train_step(self, batch):  # type: ignore[no-untyped-def]
+            out = super().train_step(batch)
+            if self.global_step + 1 == 5:
+                signal.raise_signal(signal.SIGINT)  # the trainer finishes the step, checkpoints, stops
+            return out
+
+    named, scope = given_data(cfg, train=df)
+    with scope, pytest.raises(TrainingInterrupted):
+        CtrlCAtStep5(named, str(tmp_path / "stopped"), **quiet).fit()
+    with pytest.raises(CheckpointError, match=r"data given from Python when the run was trained"):
+        rnntext.resume(str(tmp_path / "stopped"), **quiet)
+    _same(straight, _weights(rnntext.resume(str(tmp_path / "stopped"), train=df, **quiet)))
+
+
+# --- predict --file TABLE --output TABLE -------------------------------------------------------------------
+
+
+def _predict_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rnntext", "predict", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize(("src", "out"), [("parquet", "parquet"), ("csv", "csv"), ("jsonl", "jsonl"),
+                                          ("feather", "parquet"), ("csv", "parquet"), ("parquet", "csv")])
+def test_predict_output_keeps_every_column_and_the_row_order(table_run: Path, tmp_path: Path, src: str,
+                                                             out: str) -> None:
+    df = _frame(90, seed=3).sample(frac=1.0, random_state=0)  # ids out of order: the output keeps the input's
+    df["score"] = [i / 7 for i in range(len(df))]
+    path = _files(df, tmp_path)[src]
+    output = tmp_path / f"out.{out}"
+    proc = _predict_cli(str(table_run), "--file", str(path), "--output", str(output), "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == f"rnntext: 90 rows predicted, written to {output}"
+    expected = Predictor.load(table_run).predict(df["text"].tolist())
+    if out == "jsonl":
+        rows = [json.loads(line) for line in output.read_text().splitlines()]
+        assert [r["id"] for r in rows] == df["id"].tolist()
+        assert [r["prediction"] for r in rows] == [p.to_dict() for p in expected]
+        return
+    got = pd.read_parquet(output) if out == "parquet" else pd.read_csv(output)
+    assert list(got.columns) == ["id", "text", "label", "score", "prediction.label",
+                                 *[f"prediction.probabilities.{c}" for c in sorted(WORDS)]]
+    assert got["id"].astype(int).tolist() == df["id"].tolist()
+    assert got["text"].tolist() == df["text"].tolist()
+    assert got["prediction.label"].tolist() == [p.label for p in expected]
+    for c in sorted(WORDS):
+        assert got[f"prediction.probabilities.{c}"].tolist() == [p.probabilities[c] for p in expected]
+    if src == out == "parquet":  # types kept: the ids stay integers, the scores floats
+        schema = pq.read_schema(output)
+        assert (str(schema.field("id").type), str(schema.field("score").type)) == ("int64", "double")
+
+
+def test_predict_table_bad_rows_and_stdout(table_run: Path, tmp_path: Path) -> None:
+    df = _frame(10)
+    df.loc[3, "text"] = None
+    df.to_parquet(tmp_path / "in.parquet")
+    output = tmp_path / "out.csv"
+    proc = _predict_cli(str(table_run), "--file", str(tmp_path / "in.parquet"), "--output", str(output), "-q")
+    assert (proc.returncode, proc.stderr.strip()) == (2, f"rnntext: error: {tmp_path / 'in.parquet'}:4: the text is "
+                                                          "null (use --skip-bad-rows to skip such rows)")
+    assert not output.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out.csv")]
+    proc = _predict_cli(str(table_run), "--file", str(tmp_path / "in.parquet"), "--output", str(output), "-q",
+                        "--skip-bad-rows")
+    assert proc.returncode == 0 and "(1 bad rows skipped)" in proc.stderr
+    assert pd.read_csv(output)["id"].tolist() == [i for i in df["id"] if i != 1003]
+    # no --output: printed as for texts, one line per row
+    proc = _predict_cli(str(table_run), "--file", str(tmp_path / "in.parquet"), "--skip-bad-rows")
+    labels = [line.split("\t")[0] for line in proc.stdout.splitlines()]
+    assert labels == [p.label for p in Predictor.load(table_run).predict(df["text"].drop(3).tolist())]
+    proc = _predict_cli(str(table_run), "--file", str(tmp_path / "in.parquet"), "--text-column", "body")
+    assert proc.returncode == 2 and "no column named 'body'" in proc.stderr and "Traceback" not in proc.stderr
+    # texts given as arguments, written as a table of one column
+    proc = _predict_cli(str(table_run), "good great", "bad awful", "--output", str(tmp_path / "args.jsonl"), "-q")
+    assert [json.loads(x)["text"] for x in (tmp_path / "args.jsonl").read_text().splitlines()] == ["good great",
+                                                                                                     "bad awful"]
+
+
+def _peak_rss_mb(args: list[str]) -> float:
+    """`rnntext ARGS` in a child: its own peak resident memory (wait4), in MB."""
+    child = subprocess.Popen([sys.executable, "-m", "rnntext", *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    assert child.returncode == 0, child.stderr.read().decode()[-2000:] if child.stderr else ""
+    return usage.ru_maxrss / 1024
+
+
+def test_predict_output_streams_in_constant_memory(table_run: Path, tmp_path: Path) -> None:
+    """20,000 and 200,000 rows (34 MB of text) in and out: the peak memory of the second is within a few
+    MB of the first's; holding the rows (or the predictions) would add far more than the 40 MB allowed."""
+    big = _frame(200_000, seed=5)
+    big["text"] = big["text"] + " " + "padding words " * 6
+    big.to_parquet(tmp_path / "big.parquet", row_group_size=10_000)
+    big.head(20_000).to_parquet(tmp_path / "small.parquet", row_group_size=10_000)
+    peaks = {}
+    for name in ("small", "big"):
+        peaks[name] = _peak_rss_mb(["predict", str(table_run), "--file", str(tmp_path / f"{name}.parquet"),
+                                    "--output", str(tmp_path / f"{name}.out.parquet"), "-q", "--threads", "1"])
+    out = pq.ParquetFile(tmp_path / "big.out.parquet")
+    assert out.metadata.num_rows == 200_000
+    ids = pq.read_table(tmp_path / "big.out.parquet", columns=["id"])["id"].to_pylist()
+    assert ids == big["id"].tolist()
+    assert peaks["big"] - peaks["small"] < 40, peaks
