@@ -57,11 +57,15 @@ INT64_MAX = 2**63 - 1
 MAX_DIM = 65536
 MAX_LAYERS = 64
 MAX_NGRAMS = 8
+MAX_WIDE_BUCKETS = 1 << 24  # model/wide.py's MAX_BUCKETS: its hash stays within 64 bits below it
+WIDE_JOINS = ("sum", "mix")  # model/wide.py's JOINS
 MAX_THREADS = 1024
 MAX_LR = 10.0
 MAX_WEIGHT_DECAY = 100.0
 MAX_BATCH_TOKENS = 64 * 1024  # train.max_batch_tokens's default
 MAX_TEXT_TOKENS = 4096  # data.max_len's default
+AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 5, 40  # epochs of a run without --epochs (training/stopping.py)
+SELECT_BY = ("accuracy", "macro_f1", "loss")
 
 # (section, field) -> how to name the setting in a message: "data.valid_split", "--valid-split", ...
 Namer = Callable[[str, str], str]
@@ -245,6 +249,10 @@ def _check_label_names(value: dict[str, str]) -> str | None:
     return None
 
 
+def _check_label_separator(value: str) -> str | None:
+    return None if value and value not in ("\n", "\r") else "must be a non-empty string, not a line end"
+
+
 def parse_label_names(text: str) -> dict[str, str]:
     """`0=negative,1=positive` -> {"0": "negative", "1": "positive"} (the command line's --label-names)."""
     names: dict[str, str] = {}
@@ -289,7 +297,8 @@ def _device(**kw: Any) -> Any:
 
 
 def _threads(**kw: Any) -> Any:
-    return setting(None, help="CPU threads (default: all cores)", min=1, max=MAX_THREADS, show_default=False, **kw)
+    return setting(None, help="CPU threads (default: as many as the cores other processes leave free, followed as "
+                              "it runs)", min=1, max=MAX_THREADS, show_default=False, **kw)
 
 
 # --- the settings -----------------------------------------------------------------------------------
@@ -356,10 +365,21 @@ class DataConfig(Settings):
                                                  check=_check_label_names, show_default=False,
                                                  help="name the files' labels, in class order, e.g. "
                                                       "0=negative,1=positive")
+    # labels as sets (rnntext.data.labels, rnntext.training.multilabel): the model's outputs are read one by one
+    multi_label: bool = setting(False, help="each text has a set of labels (one or several): a list in JSONL, "
+                                            "or one CSV/TSV column split on --label-separator; sigmoid outputs, "
+                                            "binary cross-entropy, one threshold per label chosen on validation")
+    label_separator: str = setting(",", metavar="SEP", check=_check_label_separator,
+                                   help="with --multi-label: what separates the labels in one column")
     valid_split: float = setting(0.05, min=0.0, lt=1.0,
                                  help="fraction of train held out for validation (stratified: that fraction of "
                                       "each class)")
     skip_bad_rows: bool = setting(False, help="skip and count malformed rows instead of stopping")
+    # corpora larger than memory (rnntext.data.store): read, counted and encoded in chunks into memory-mapped files
+    token_store: str | None = setting(None, path=True, metavar="DIR", show_default=False,
+                                      help="stream the data through an on-disk token store in DIR (for corpora "
+                                           "larger than memory; the same results as without): built once, reused "
+                                           "while the files and data settings stay the same")
     quoting: str = setting("csv", choices=QUOTINGS, help='CSV/TSV: "quoted" fields (csv) or quotes as ordinary '
                                                          "characters (none: raw TSV)")
     tokenizer: str = setting("basic_english", choices=TOKENIZER_NAMES,
@@ -386,12 +406,23 @@ class DataConfig(Settings):
     vocab_from_embeddings_max: int = setting(50_000, min=1, group="vectors", metavar="N",
                                              help="consider the first N words of the vector file; --max-vocab caps "
                                                   "the total")
+    # an encoder directory of `rnntext pretrain` (rnntext.data.encoder_dir): its vocabulary, as pretrained (not
+    # extended: a word the language model never saw would start from a random vector, which the encoder's
+    # recurrent weights were not trained to read), and its embedding and recurrent weights (the trainer)
+    encoder: str | None = setting(None, path=True, metavar="ENCODER_DIR", show_default=False,
+                                  help="fine-tune from a pretrained encoder (`rnntext pretrain`): its vocabulary, "
+                                       "embedding and recurrent weights; --model and its sizes must be the encoder's")
 
     def check_rules(self, name: Callable[[str], str]) -> None:
         if self.label_names is not None and self.dataset is not None:
             raise ConfigError(f"{name('label_names')} is for your own files; AG News labels are named already")
         if self.vocab_from_embeddings and not self.embeddings:
             raise ConfigError(f"{name('vocab_from_embeddings')} needs {name('embeddings')} (a vector file)")
+        if self.multi_label and self.dataset is not None:
+            raise ConfigError(f"{name('multi_label')} is for your own files (--train); AG News has one label per text")
+        if self.encoder and self.embeddings:
+            raise ConfigError(f"{name('encoder')} and {name('embeddings')} both give the embedding its start; "
+                              "choose one")
 
 
 @dataclass
@@ -414,6 +445,16 @@ class ModelConfig(Settings):
     vocab_size: int = setting(0, min=0, cli=False)  # filled in from the vocabulary
     num_classes: int = setting(0, min=0, cli=False)  # filled in from the labels
     padding_idx: int = setting(0, min=0, cli=False)
+    # the wide part (model/wide.py): hashed word n-grams as fastText uses them, joined to the model's output
+    wide_ngrams: int = setting(0, min=0, max=MAX_NGRAMS, metavar="N",
+                               help="add a wide part: the mean of vectors of the text's word 1..N-grams (hashed), "
+                                    "joined to the model's output (0: none)")
+    wide_buckets: int = setting(1 << 18, min=1, max=MAX_WIDE_BUCKETS, metavar="N",
+                                help="hash buckets of the wide part's 2..N-grams (table rows besides the vocabulary)")
+    wide_dim: int = setting(16, min=1, max=MAX_DIM, help="the wide part's vector size")
+    wide_join: str = setting("sum", choices=WIDE_JOINS,
+                             help="sum: the wide part's class scores added to the model's (the same as joining the "
+                                  "features before the output layer); mix: the class probabilities averaged")
     # keep pretrained vectors (--embeddings) fixed during training
     freeze_embeddings: bool = setting(False, group="vectors", help="keep the pretrained vectors fixed "
                                                                    "(default: tune them)", show_default=False)
@@ -428,7 +469,18 @@ class ModelConfig(Settings):
 class TrainConfig(Settings):
     SECTION = "train"
 
-    epochs: int = setting(5, min=1, help="passes over the training data")
+    # None: set by min_steps (training/stopping.py), so that small datasets get the steps a large one gets
+    epochs: int | None = setting(None, min=1, show_default=False, metavar="N",
+                                 help=f"passes over the training data (default: as many as make --min-steps "
+                                      f"optimiser steps, {AUTO_MIN_EPOCHS} to {AUTO_MAX_EPOCHS})")
+    min_steps: int = setting(700, min=1, metavar="N",
+                             help="without --epochs: train enough epochs for at least N optimiser steps")
+    patience: int | None = setting(None, min=1, metavar="N", show_default=False,
+                                   help="stop once N epochs in a row have not beaten the best epoch on validation "
+                                        "(--select-by); the best epoch's weights are kept (default: no early stop)")
+    select_by: str = setting("accuracy", choices=SELECT_BY,
+                             help="the validation metric that picks the best epoch (whose weights are kept) and "
+                                  "drives --patience")
     # with lr 6e-3: as accurate as 64 / 3e-3 and ~1.5x faster on a CPU (tune.py)
     batch_size: int = setting(128, min=1, help="texts per batch")
     # the memory bound of training and evaluation: 128 rows of 20 Newsgroups' longest texts took >24 GB
@@ -490,6 +542,9 @@ class RunConfig:
         if self.model.freeze_embeddings and not self.data.embeddings:
             raise ConfigError(f"{name('model', 'freeze_embeddings')} needs {name('data', 'embeddings')} "
                               "(pretrained vectors to freeze)")
+        if self.data.multi_label and self.train.class_weight is not None:
+            raise ConfigError(f"{name('train', 'class_weight')} weighs the classes of single-label data; it does "
+                              f"not apply with {name('data', 'multi_label')}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -590,6 +645,12 @@ class InferenceConfig(Settings):
                              help="bf16: a GRU model on a CPU runs its recurrence in bfloat16 (faster on CPUs with "
                                   "AVX512-BF16; probabilities within ~0.01 of fp32's); other models fp32 (torch "
                                   "backend)")
+    # training/calibration.py: the temperature fitted on validation after training (RUN_DIR/calibration.json)
+    calibration: bool = setting(True, help="apply the run's temperature (fitted on validation after training) to "
+                                           "its probabilities; --no-calibration: the raw softmax")
+    min_confidence: float | None = setting(None, min=0.0, max=1.0, metavar="P", show_default=False,
+                                           help="no label (null; abstain) where the most probable class's "
+                                                "probability is below P")
 
 
 @dataclass
@@ -628,6 +689,28 @@ class TuneConfig(Settings):
                                      "earlier trials' at that epoch (MedianPruner)")
     prune_startup: int = setting(5, min=0, metavar="N", help="trials that finish before any is pruned")
     prune_warmup: int = setting(1, min=1, metavar="EPOCHS", help="epochs every trial runs before it can be pruned")
+
+
+@dataclass
+class PretrainConfig(Settings):
+    """`rnntext pretrain`: the language-model pretraining of an encoder (rnntext.training.pretrain). The
+    data, model and train sections give the rest (tokenizer, vocabulary, cell and sizes, epochs, lr, ...)."""
+
+    SECTION = "pretrain"
+
+    # the command line's --text FILE [FILE ...] (its own option: nargs)
+    text: list[str] = setting(factory=list, cli=False, help="text files: one text per line (optionally .gz), or "
+                                                            "CSV/TSV/JSONL with --text-column")
+    # pieces, not cuts: a long document is read as several sequences, every token predicted once
+    seq_len: int = setting(256, min=2, max=MAX_TEXT_TOKENS, metavar="N",
+                           help="a text longer than N tokens is read as pieces of N tokens")
+    valid_fraction: float = setting(0.05, gt=0.0, lt=1.0, metavar="X",
+                                    help="fraction of the texts held out to report the perplexity each epoch")
+    softmax_samples: int = setting(0, min=0, metavar="N",
+                                   help="train with a sampled softmax over each batch's target words and N random "
+                                        "words instead of the whole vocabulary (0: the full softmax)")
+    tie_weights: bool = setting(True, help="the output layer shares the embedding's weights (Press & Wolf 2017; a "
+                                           "projection where --hidden-dim differs from --embed-dim)")
 
 
 @dataclass

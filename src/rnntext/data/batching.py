@@ -40,7 +40,7 @@ def padded_batch(data: Encoded, index: Tensor) -> Batch:
     steps = torch.arange(width)
     mask = steps[None, :] < lengths[:, None]
     positions = (starts[:, None] + steps[None, :]).clamp_(max=max(data.tokens.numel() - 1, 0))
-    tokens = torch.where(mask, data.tokens[positions], PAD_ID)
+    tokens = torch.where(mask, data.tokens[positions].long(), PAD_ID)  # .long(): a token store's ids are int32
     return Batch(tokens, lengths, data.labels[index])
 
 
@@ -60,7 +60,7 @@ def padded_batches(data: Encoded, batches: list[Tensor]) -> list[Batch]:
                                                                          row_width)
     row = torch.repeat_interleave(torch.arange(index.numel()), row_width)
     positions = (starts[row] + step).clamp_(max=max(data.tokens.numel() - 1, 0))
-    tokens = torch.where(step < lengths[row], data.tokens[positions], PAD_ID)
+    tokens = torch.where(step < lengths[row], data.tokens[positions].long(), PAD_ID)
     cells = (widths * torch.tensor(sizes)).tolist()
     labels = data.labels[index]
     return [Batch(t.view(n, -1), ln, lb) for t, ln, lb, n in

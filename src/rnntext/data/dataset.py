@@ -8,6 +8,8 @@ import time
 from collections.abc import Container
 from dataclasses import dataclass, field
 
+from torch import Tensor
+
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from . import ag_news
@@ -86,6 +88,10 @@ def name_labels(rows: Rows, names: dict[str, str] | None, skip_bad_rows: bool) -
 
 def read_labelled(path: str, cfg: DataConfig) -> Rows:
     """A file of the user's, read with the data options of `cfg` (columns, quoting, label names)."""
+    if cfg.multi_label:  # sets of labels: rnntext.data.labels
+        from .labels import read_multilabel
+
+        return read_multilabel(path, cfg)
     rows = read_rows(path, cfg.text_columns, cfg.label_column, skip_bad_rows=cfg.skip_bad_rows, quoting=cfg.quoting)
     return name_labels(rows, cfg.label_names, cfg.skip_bad_rows)
 
@@ -102,6 +108,11 @@ def split_off(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows]:
 def load_splits(cfg: DataConfig, seed: int = 0, progress: bool = True) -> Splits:
     def read(p: str | None) -> Rows | None:
         return None if p is None else read_labelled(p, cfg)
+
+    if cfg.multi_label:  # sets of labels, an iteratively stratified validation split: rnntext.data.labels
+        from .labels import load_multilabel
+
+        return Splits(*load_multilabel(cfg, seed, _label_order))
 
     if cfg.dataset == "ag_news":
         train, test = ag_news.load(cfg.data_dir, cfg.skip_bad_rows, progress=progress)
@@ -134,11 +145,20 @@ def load_splits(cfg: DataConfig, seed: int = 0, progress: bool = True) -> Splits
 
 
 def prepare(cfg: DataConfig, seed: int = 0, progress: bool = True) -> Prepared:
+    if cfg.token_store:  # streamed through memory-mapped files: the same result (data/store.py)
+        from .store import prepare_store
+
+        return prepare_store(cfg, seed, progress)
     t0 = time.perf_counter()
     splits = load_splits(cfg, seed, progress)
     tokenizer = Tokenizer(cfg.tokenizer, cfg.ngrams, cfg.max_len)
     train_tokens = [tokenizer(t) for t in splits.train.texts]
-    vocab = Vocab.build(train_tokens, cfg.min_freq, cfg.max_vocab)
+    if cfg.encoder:  # the pretrained encoder's vocabulary, unextended (config.py: DataConfig.encoder says why)
+        from .encoder_dir import load_vocab
+
+        vocab = load_vocab(cfg.encoder)
+    else:
+        vocab = Vocab.build(train_tokens, cfg.min_freq, cfg.max_vocab)
     if cfg.vocab_from_embeddings and cfg.embeddings:  # before encoding, so every split uses the larger vocabulary
         from .vectors import extend_vocab
 
@@ -146,12 +166,19 @@ def prepare(cfg: DataConfig, seed: int = 0, progress: bool = True) -> Prepared:
                              TOKENIZERS[cfg.tokenizer])
     index = {name: i for i, name in enumerate(splits.label_names)}
 
+    def targets(rows: Rows) -> list[int] | Tensor:
+        if cfg.multi_label:  # [rows, labels] multi-hot
+            from .labels import multi_hot
+
+            return multi_hot(rows, splits.label_names)
+        return [index[label] for label in rows.labels]
+
     def enc(rows: Rows | None) -> Encoded | None:
         if rows is None:
             return None
-        return encode_texts(rows.texts, tokenizer, vocab, [index[label] for label in rows.labels])
+        return encode_texts(rows.texts, tokenizer, vocab, targets(rows))
 
-    train = encode_tokens(train_tokens, vocab, [index[label] for label in splits.train.labels])
+    train = encode_tokens(train_tokens, vocab, targets(splits.train))
     skipped = {r.path: r.skipped for r in (splits.train, splits.valid, splits.test) if r is not None and r.skipped}
     return Prepared(tokenizer, vocab, splits.label_names, train, enc(splits.valid), enc(splits.test),
                     skipped, time.perf_counter() - t0)

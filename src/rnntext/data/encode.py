@@ -16,12 +16,12 @@ from .vocab import UNK_ID, Vocab
 class Encoded:
     """N texts as one flat token tensor; text i is tokens[offsets[i]:offsets[i+1]]."""
 
-    tokens: Tensor  # int64 [total tokens]
+    tokens: Tensor  # int64 [total tokens] (int32 memory-mapped in a token store, data/store.py)
     offsets: Tensor  # int64 [N + 1]
-    labels: Tensor  # int64 [N] (-1 where unknown, e.g. prediction inputs)
+    labels: Tensor  # int64 [N] (-1 where unknown, e.g. prediction inputs); multi-label: float [N, labels] multi-hot
 
     def __len__(self) -> int:
-        return self.labels.numel()
+        return self.labels.shape[0]
 
     @cached_property  # read once per training batch: computed once (an Encoded is never modified)
     def lengths(self) -> Tensor:
@@ -34,7 +34,7 @@ class Encoded:
         positions = _ranges(starts, lengths)
         offsets = torch.zeros(index.numel() + 1, dtype=torch.long)
         torch.cumsum(lengths, 0, out=offsets[1:])
-        return Encoded(self.tokens[positions], offsets, self.labels[index])
+        return Encoded(self.tokens[positions].long(), offsets, self.labels[index])  # int32 in a token store
 
     def truncated(self, max_len: int) -> Encoded:
         """Each text cut to its first `max_len` tokens (self when none is longer)."""
@@ -44,7 +44,7 @@ class Encoded:
         kept = lengths.clamp(max=max_len)
         offsets = torch.zeros_like(self.offsets)
         torch.cumsum(kept, 0, out=offsets[1:])
-        return Encoded(self.tokens[_ranges(self.offsets[:-1], kept)], offsets, self.labels)
+        return Encoded(self.tokens[_ranges(self.offsets[:-1], kept)].long(), offsets, self.labels)
 
 
 def _ranges(starts: Tensor, lengths: Tensor) -> Tensor:
@@ -57,7 +57,7 @@ def _ranges(starts: Tensor, lengths: Tensor) -> Tensor:
     return starts[seg] + (torch.arange(total) - first[seg])
 
 
-def encode_tokens(token_lists: list[list[str]], vocab: Vocab, labels: list[int] | None = None,
+def encode_tokens(token_lists: list[list[str]], vocab: Vocab, labels: list[int] | Tensor | None = None,
                   max_len: int | None = None) -> Encoded:
     """Map token lists to ids once. An empty text becomes a single <unk> so every row has a token.
     `max_len`: each text cut to its first max_len tokens (the token budget, train.max_batch_tokens)."""
@@ -70,9 +70,13 @@ def encode_tokens(token_lists: list[list[str]], vocab: Vocab, labels: list[int] 
         ids.extend(encode(tokens) or [UNK_ID])
         offsets.append(len(ids))
     n = len(token_lists)
-    label_t = torch.tensor(labels, dtype=torch.long) if labels is not None else torch.full((n,), -1)
+    if isinstance(labels, Tensor):  # multi-label targets, as they are
+        label_t = labels
+    else:
+        label_t = torch.tensor(labels, dtype=torch.long) if labels is not None else torch.full((n,), -1)
     return Encoded(torch.tensor(ids, dtype=torch.long), torch.tensor(offsets, dtype=torch.long), label_t)
 
 
-def encode_texts(texts: list[str], tokenizer: Tokenizer, vocab: Vocab, labels: list[int] | None = None) -> Encoded:
+def encode_texts(texts: list[str], tokenizer: Tokenizer, vocab: Vocab,
+                 labels: list[int] | Tensor | None = None) -> Encoded:
     return encode_tokens([tokenizer(t) for t in texts], vocab, labels)

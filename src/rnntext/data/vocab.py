@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
@@ -24,6 +24,11 @@ class Vocab:
         counts: Counter[str] = Counter()
         for tokens in token_lists:
             counts.update(tokens)
+        return cls.from_counts(counts, min_freq, max_size)
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int], min_freq: int = 1, max_size: int | None = None) -> Vocab:
+        """The vocabulary of words counted `counts` times (build(); the token store counts them on disk)."""
         # Most frequent first; ties alphabetically so the vocabulary is reproducible.
         words = sorted((w for w, c in counts.items() if c >= min_freq and w not in (PAD, UNK)),
                        key=lambda w: (-counts[w], w))

@@ -841,7 +841,10 @@ def data_fingerprint(tokens: Tensor, offsets: Tensor, labels: Tensor, label_name
     """Identifies the encoded training data, so a resume on changed data is refused."""
     h = hashlib.sha256()
     for t in (tokens, offsets, labels):
-        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
+        # a slice at a time, as int64: a token store's int32 ids hash as the same ids in memory, without a copy
+        # of all of them
+        for part in t.detach().reshape(-1).split(1 << 22):
+            h.update(part.to("cpu", torch.int64 if not part.is_floating_point() else part.dtype).numpy().tobytes())
     return {"rows": int(labels.numel()), "vocab_size": vocab_size, "labels": list(label_names),
             "sha256": h.hexdigest()}
 
