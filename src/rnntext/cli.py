@@ -504,7 +504,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(pred.to_dict(), ensure_ascii=False, allow_nan=False))
             else:
-                print(f"{pred.label}\t{pred.probabilities[pred.label]:.4f}")
+                print(_shown(pred))
     return 0
 
 
@@ -557,6 +557,16 @@ def _predict_table(args: argparse.Namespace, predictor: Any, predict: Callable[[
     if skipped:
         print(f"rnntext: skipped {skipped} bad rows in {args.file}", file=sys.stderr)
     return 0
+
+
+def _shown(pred: Any) -> str:
+    """A prediction as `predict` prints it: label TAB probability; a multi-label run's: its labels and their
+    probabilities, comma-separated (most probable first), or "(none)" when no label reaches its threshold."""
+    if pred.labels is None:
+        return f"{pred.label}\t{pred.probabilities[pred.label]:.4f}"
+    if not pred.labels:
+        return "(none)\t"
+    return ",".join(pred.labels) + "\t" + ",".join(f"{p:.4f}" for p in pred.labels.values())
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

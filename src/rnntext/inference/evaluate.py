@@ -59,19 +59,38 @@ def evaluate_run(run_dir: str | Path | Sequence[str | Path], data: DataConfig | 
     run = predictor.run
     data = evaluation_data(data or run.config.data, **options)
     rows = read_eval_rows(data)
-    index = {name: i for i, name in enumerate(run.label_names)}
-    labels = []
-    for label, line in zip(rows.labels, rows.lines):
-        if label not in index:
-            raise DataError(f"label {label!r} is not one the model knows ({', '.join(run.label_names)})",
-                            rows.path, line)
-        labels.append(index[label])
-    pred = predictor.probabilities(rows.texts).argmax(1)
-    report = classification_report(torch.tensor(labels, dtype=torch.long), pred, run.label_names)
+    if predictor.multi_label:
+        report = _multilabel_report(predictor, rows, data.skip_bad_rows)
+    else:
+        index = {name: i for i, name in enumerate(run.label_names)}
+        labels = []
+        for label, line in zip(rows.labels, rows.lines):
+            if label not in index:
+                raise DataError(f"label {label!r} is not one the model knows ({', '.join(run.label_names)})",
+                                rows.path, line)
+            labels.append(index[label])
+        pred = predictor.probabilities(rows.texts).argmax(1)
+        report = classification_report(torch.tensor(labels, dtype=torch.long), pred, run.label_names)
     report["file"] = rows.path
-    report["skipped"] = rows.skipped
+    report.setdefault("skipped", rows.skipped)
     if len(predictor.runs) > 1:
         report["ensemble"] = [str(r.path) for r in predictor.runs]
+    return report
+
+
+def _multilabel_report(predictor: Predictor, rows: Rows, skip_bad_rows: bool) -> dict[str, Any]:
+    """The multi-label metrics (training/multilabel.py) of `predictor` on `rows` (sets of labels), at the
+    run's thresholds. A label the model does not know is an error naming the file and line (or with
+    skip_bad_rows a skipped row)."""
+    from ..data.labels import known_only, multi_hot
+    from ..training.multilabel import decide, multilabel_report
+
+    names = predictor.labels
+    known = known_only(rows, set(names), skip_bad_rows, names)
+    assert known is not None
+    pred = decide(predictor.probabilities(known.texts), predictor.thresholds)
+    report = multilabel_report(multi_hot(known, names), pred, names, predictor.thresholds)
+    report["skipped"] = known.skipped
     return report
 
 

@@ -121,8 +121,9 @@ class _PositionModel(nn.Module):
     vectors through a per-position table. The original model is not modified (its copy shares the
     weights), so predictions may go on beside it."""
 
-    def __init__(self, model: TextClassifier):
+    def __init__(self, model: TextClassifier, multi_label: bool = False):
         super().__init__()
+        self.multi_label = multi_label  # each label's sigmoid (training/multilabel.py), not the softmax
         self.flat = model.batch_layout == "flat"
         self.vectors = _TokenVectors(model.embedding)
         self.lookup = _TableEmbedding(model.embedding)
@@ -150,7 +151,7 @@ class _PositionModel(nn.Module):
                 logits = self.clone(positions, lengths)
         finally:
             self.lookup.table = None
-        return logits.float().softmax(-1)
+        return logits.float().sigmoid() if self.multi_label else logits.float().softmax(-1)
 
 
 def _pad(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[Tensor, Tensor]:
@@ -162,14 +163,16 @@ def _pad(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[Tensor, T
 
 
 def attribute(model: TextClassifier, rows: Sequence[Sequence[int]], targets: Sequence[int], device: torch.device,
-              method: str = "ig", steps: int = DEFAULT_STEPS) -> tuple[list[list[float]], list[float | None]]:
+              method: str = "ig", steps: int = DEFAULT_STEPS, multi_label: bool = False
+              ) -> tuple[list[list[float]], list[float | None]]:
     """Attributions of each token of each row (token ids, unpadded) to the probability of its target
-    class, and the convergence delta of each (None for occlusion)."""
+    class (`multi_label`: its label's sigmoid probability), and the convergence delta of each (None for
+    occlusion)."""
     if method not in METHODS:
         raise ConfigError(f"unknown explanation method {method!r}; choose one of {', '.join(METHODS)}")
     attr = _captum()
     model.eval()
-    f = _PositionModel(model)
+    f = _PositionModel(model, multi_label)
     out: list[list[float]] = [[] for _ in rows]
     deltas: list[float | None] = [None] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
@@ -279,7 +282,8 @@ def explain(predictor: Predictor, texts: Sequence[str] | str, label: str | None 
         n = run.tokenizer.ngrams
         budget = _budget(run)
         rows = [(run.vocab.encode(add_ngrams(w, n) if n > 1 else w) or [UNK_ID])[:budget] for w in words]
-        scores, deltas = attribute(run.model, rows, targets, predictor.device, method, steps)
+        scores, deltas = attribute(run.model, rows, targets, predictor.device, method, steps,
+                                   getattr(predictor, "multi_label", False))
         for i, w in enumerate(words):
             if not w:  # an empty text: the model read one <unk>, which is no word of it
                 continue

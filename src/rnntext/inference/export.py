@@ -299,6 +299,9 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", int8: bo
     except ImportError:
         raise ConfigError("export --format onnx needs onnx and onnxscript: pip install 'rnntext[onnx]'") from None
     run = load_run(run_dir, "cpu")
+    if run.config.data.multi_label:  # the ONNX predictor reads one softmax: sets of labels need the torch backend
+        raise ConfigError(f"{run_dir} is a multi-label run: export does not support those yet; predict, evaluate "
+                          "and serve it with the torch backend")
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         fp32 = Path(tmp) / MODEL

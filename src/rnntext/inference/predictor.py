@@ -18,7 +18,7 @@ from ..training.device import resolve_device, set_threads
 from ..training.logits import mean_probabilities
 from ..training.rundir import Run, load_run
 from .ensemble import member_dirs
-from .prediction import Prediction
+from .prediction import Prediction, label_set
 
 # The memory bound of prediction: a cap on rows x longest text per model call (without the GRU's inference
 # loop a model holds every step's outputs), and on the tokens of one text, which is cut to its first
@@ -55,6 +55,17 @@ class Predictor:
             if other.label_names != self.labels:
                 raise ConfigError(f"cannot ensemble {other.path} with {run.path}: labels "
                                   f"{', '.join(other.label_names)} differ from {', '.join(self.labels)}")
+        # multi-label (training/multilabel.py): sigmoid probabilities, each label's threshold; an ensemble
+        # averages its members' probabilities and their thresholds
+        self.multi_label = run.config.data.multi_label
+        self.thresholds: list[float] | None = None
+        if any(r.config.data.multi_label != self.multi_label for r in also):
+            raise ConfigError(f"cannot ensemble multi-label runs with single-label ones ({run.path})")
+        if self.multi_label:
+            from ..training.multilabel import load_thresholds
+
+            each = [load_thresholds(r.path, self.labels) for r in self.runs]
+            self.thresholds = [sum(t) / len(t) for t in zip(*each)]
 
     @classmethod
     def load(cls, run_dir: str | Path | Sequence[str | Path], device: str = "auto",
@@ -108,7 +119,8 @@ class Predictor:
 
         members = ((r.model, encoded(r), forward) for r, forward in zip(self.runs, self.forwards))
         budget = max(r.config.train.max_batch_tokens for r in self.runs)
-        return mean_probabilities(members, (len(texts), len(self.labels)), self.device, batch_size, budget)
+        return mean_probabilities(members, (len(texts), len(self.labels)), self.device, batch_size, budget,
+                                  self.multi_label)
 
     def predict(self, texts: list[str] | str, batch_size: int | None = None) -> list[Prediction]:
         """A NaN model (weights damaged, a diverged training) is an error, never NaN probabilities."""
@@ -120,7 +132,8 @@ class Predictor:
             raise self._not_finite(int((~finite).nonzero()[0]))
         best = probs.argmax(1).tolist()
         rows = probs.tolist()
-        return [Prediction(self.labels[b], dict(zip(self.labels, (round(p, 6) for p in row))))
+        return [Prediction(self.labels[b], dict(zip(self.labels, (round(p, 6) for p in row))),
+                           None if self.thresholds is None else label_set(self.labels, row, self.thresholds))
                 for b, row in zip(best, rows)]
 
     def _not_finite(self, i: int) -> RnnTextError:

@@ -35,6 +35,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..inference.prediction import label_set
+
 if TYPE_CHECKING:  # the torch backend's Predictor is imported by serve() only: --backend onnx runs without torch
     from ..inference.onnx_predictor import OnnxPredictor
     from ..inference.predictor import Predictor
@@ -230,6 +232,9 @@ class PredictRequest(BaseModel):
 class PredictionOut(BaseModel):
     label: str = Field(description="the most probable class")
     probabilities: dict[str, float] = Field(description="probability of every class")
+    labels: dict[str, float] | None = Field(None, description="multi-label runs only: the labels whose "
+                                            "probability reaches their threshold (possibly none), most probable "
+                                            "first")
 
 
 class PredictResponse(BaseModel):
@@ -488,6 +493,7 @@ def create_app(predictor: Predictor | OnnxPredictor, *, limits: Limits | None = 
     `max_queue_texts`: texts that may wait for the model (default 4 x max_batch_texts; 503 past it)."""
     limits = limits or Limits()
     labels = list(predictor.labels)
+    thresholds = getattr(predictor, "thresholds", None)  # a multi-label run's (inference/predictor.py)
     batcher = MicroBatcher(predictor.probabilities, max_batch_texts, max_wait_ms / 1000, max_queue_texts,
                            max_batch_chars)
     page = _page()
@@ -514,7 +520,7 @@ def create_app(predictor: Predictor | OnnxPredictor, *, limits: Limits | None = 
         """FastAPI's 422 (what is wrong, and where), plus a hint for the common curl slip."""
         return unprocessable([json_safe(e) for e in exc.errors()], request)
 
-    @app.post("/predict", response_model=PredictResponse, responses={
+    @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True, responses={
         413: {"description": "too many texts, a text too long, or the body too large"},
         422: {"description": "a body that is not JSON, or not {\"texts\": [string, ...]}"},
         408: {"description": "the body did not arrive within the body timeout"},
@@ -558,7 +564,10 @@ def create_app(predictor: Predictor | OnnxPredictor, *, limits: Limits | None = 
         out = []
         for row in rows:
             best = max(range(len(row)), key=row.__getitem__)
-            out.append({"label": labels[best], "probabilities": {k: round(p, 6) for k, p in zip(labels, row)}})
+            item = {"label": labels[best], "probabilities": {k: round(p, 6) for k, p in zip(labels, row)}}
+            if thresholds is not None:  # multi-label: the set of labels, each with its probability
+                item["labels"] = label_set(labels, row, thresholds)
+            out.append(item)
         return {"predictions": out}
 
     explaining = [0]  # texts of /explain requests not answered yet

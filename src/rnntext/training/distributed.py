@@ -119,13 +119,14 @@ class DistContext:
             return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
                                            else None)
 
-    def predict_sharded(self, data: Encoded, predict: Callable[[Encoded], Tensor]) -> Tensor:
+    def predict_sharded(self, data: Encoded, predict: Callable[[Encoded], Tensor], width: int | None = None) -> Tensor:
         """`predict(rows) -> class ids` over all of `data`, each rank doing every N-th row, the ids
-        gathered on every rank (so validation and test run once, not N times)."""
+        gathered on every rank (so validation and test run once, not N times). `width`: predict gives
+        [rows, width] integers (multi-label decisions) instead."""
         if not self.active:
             return predict(data)
         rows = torch.arange(self.rank, len(data), self.world_size)
-        full = torch.zeros(len(data), dtype=torch.long)
+        full = torch.zeros(len(data), *(() if width is None else (width,)), dtype=torch.long)
         if rows.numel():
             full[rows] = predict(data.subset(rows)).cpu().long() + 1  # 0 marks "another rank's row"
         t = self._tensor(full, torch.long)

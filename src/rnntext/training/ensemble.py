@@ -20,6 +20,7 @@ from ..io import atomic_write_json
 from .checkpoint import check_out_dir, check_run_target, ensure_writable, run_lock
 from .logits import mean_probabilities
 from .metrics import classification_report
+from .multilabel import decide, multilabel_report
 from .trainer import TrainResult, train
 
 ENSEMBLE = "ensemble.json"
@@ -80,6 +81,11 @@ def _ensemble_test(results: list[TrainResult]) -> dict[str, Any]:
         if r.prepared.label_names != first.label_names or not torch.equal(r.prepared.test.labels, first.test.labels):
             raise ConfigError("ensemble members disagree on the labels of the test set")
     device = next(results[0].model.parameters()).device
+    multi_label = first.test.labels.dim() == 2  # the mean of the sigmoids, at the mean of the members' thresholds
     probs = mean_probabilities(((r.model, r.prepared.test, None) for r in results),
-                               (len(first.test), len(first.label_names)), device)
+                               (len(first.test), len(first.label_names)), device, multi_label=multi_label)
+    if multi_label:
+        each = [[r.metrics["thresholds"][name] for name in first.label_names] for r in results]
+        thresholds = [sum(t) / len(t) for t in zip(*each)]
+        return multilabel_report(first.test.labels, decide(probs, thresholds), first.label_names, thresholds)
     return classification_report(first.test.labels, probs.argmax(1), first.label_names)

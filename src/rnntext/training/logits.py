@@ -37,13 +37,14 @@ def predict_logits(model: TextClassifier, data: Encoded, device: torch.device, b
 
 def mean_probabilities(members: Iterable[tuple[TextClassifier, Encoded, fast.Forward | None]],
                        shape: tuple[int, int], device: torch.device, batch_size: int | None = 256,
-                       max_tokens: int | None = MAX_BATCH_TOKENS) -> Tensor:
+                       max_tokens: int | None = MAX_BATCH_TOKENS, multi_label: bool = False) -> Tensor:
     """[texts, classes] mean of the members' class probabilities; each member is (model, the texts
     encoded with its own vocabulary, its kept inference forward or None). `batch_size` None: each
-    model's prediction batch (fast.prediction_batch)."""
+    model's prediction batch (fast.prediction_batch). `multi_label`: each label's sigmoid, not the softmax."""
     total, n = torch.zeros(shape), 0
     for model, enc, forward in members:
         size = batch_size or fast.prediction_batch(model, device)
-        total += predict_logits(model, enc, device, size, max_tokens, forward).softmax(1)
+        logits = predict_logits(model, enc, device, size, max_tokens, forward)
+        total += logits.sigmoid() if multi_label else logits.softmax(1)
         n += 1
     return total / n

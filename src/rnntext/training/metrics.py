@@ -55,6 +55,10 @@ def classification_report(y_true: Tensor, y_pred: Tensor, label_names: list[str]
 
 
 def format_report(report: dict[str, Any]) -> str:
+    if report.get("multi_label"):  # sets of labels: micro/macro F1, subset accuracy, Hamming loss
+        from .multilabel import format_multilabel_report
+
+        return format_multilabel_report(report)
     names = report["labels"]
     width = max(12, *(len(n) for n in names))
     lines = [f"accuracy {report['accuracy']:.4f}   macro-F1 {report['macro_f1']:.4f}   ({report['n']} texts)",

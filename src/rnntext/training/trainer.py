@@ -31,6 +31,7 @@ from ..model import build_model
 from ..model.base import TextClassifier
 from . import checkpoint as ckpt_io
 from . import distributed
+from . import multilabel as ml
 from .callbacks import Callback, Callbacks
 from .class_weight import class_weights
 from .class_weight import describe as describe_weights
@@ -52,9 +53,13 @@ def seed_everything(seed: int) -> None:
 
 def evaluate_encoded(model: TextClassifier, data: Encoded, label_names: list[str], device: torch.device,
                      dist: distributed.DistContext | None = None,
-                     max_tokens: int | None = MAX_BATCH_TOKENS) -> dict[str, Any]:
+                     max_tokens: int | None = MAX_BATCH_TOKENS,
+                     thresholds: list[float] | None = None) -> dict[str, Any]:
     """Metrics of `model` on `data`; with a distributed `dist`, every rank predicts its share of the rows.
-    `max_tokens`: padded tokens per model call (predict_logits)."""
+    `max_tokens`: padded tokens per model call (predict_logits). Multi-label data (multi-hot labels): the
+    multi-label metrics (training/multilabel.py) at `thresholds` (default 0.5 each)."""
+    if data.labels.dim() == 2:
+        return ml.evaluate_multilabel(model, data, label_names, device, dist, max_tokens, thresholds)
     predict = lambda d: predict_logits(model, d, device, max_tokens=max_tokens).argmax(1)  # noqa: E731
     pred = dist.predict_sharded(data, predict) if dist is not None else predict(data)
     return classification_report(data.labels, pred, label_names)
@@ -177,7 +182,11 @@ class Trainer:
         """One optimiser step on `batch` (or the rows of an index tensor): (summed loss, correct, rows)."""
         b = self._batch(batch)
         logits = self.train_module(b.tokens, b.lengths, b.offsets)
-        loss = F.cross_entropy(logits, b.labels, weight=self.class_weight)
+        if b.labels.dim() == 2:  # multi-label: binary cross-entropy per label (training/multilabel.py)
+            loss, hits = ml.loss_and_hits(logits, b.labels)
+        else:
+            loss = F.cross_entropy(logits, b.labels, weight=self.class_weight)
+            hits = int((logits.argmax(1) == b.labels).sum())
         for q in self.params:  # optimizer.zero_grad(set_to_none=True) without its per-step overhead
             q.grad = None
         loss.backward()
@@ -186,7 +195,7 @@ class Trainer:
         self.optimizer.step()
         self.schedule.step()
         n = len(b)
-        return loss.item() * n, int((logits.argmax(1) == b.labels).sum()), n
+        return loss.item() * n, hits, n
 
     def _batch(self, batch: Batch | Tensor) -> Batch:
         return (batch if isinstance(batch, Batch) else make_batch(self.data.train, batch, self.flat)).to(self.device)
@@ -382,15 +391,22 @@ class Trainer:
             metrics["embeddings"] = self.embeddings.summary()
         if self.class_weight is not None:
             metrics["class_weights"] = dict(zip(p.label_names, self.class_weight.tolist()))
+        thresholds = None
+        if p.train.labels.dim() == 2:  # multi-label: each label's threshold, chosen on validation
+            thresholds = ml.choose_thresholds(self.model, p.valid, len(p.label_names), self.device,
+                                              self.cfg.train.max_batch_tokens)
+            metrics["thresholds"] = dict(zip(p.label_names, thresholds))
         if p.test is not None:
             metrics["test"] = evaluate_encoded(self.model, p.test, p.label_names, self.device, self.dist,
-                                               self.cfg.train.max_batch_tokens)
+                                               self.cfg.train.max_batch_tokens, thresholds)
             self.log(f"test accuracy {metrics['test']['accuracy']:.4f} (best epoch {self.best_epoch}), "
                      f"macro-F1 {metrics['test']['macro_f1']:.4f}")
         metrics["total_seconds"] = time.perf_counter() - self.t_start
         if self.dist.active:
             metrics["processes"] = self.dist.world_size
         if self.out_dir is not None and self.dist.is_main:
+            if thresholds is not None:  # before save_run, whose config.json (written last) marks a complete run
+                ml.save_thresholds(self.out_dir, p.label_names, thresholds, len(p.valid) if p.valid else 0)
             save_run(self.out_dir, self.cfg, p.vocab, p.label_names, self.best_state, metrics)
             self.log(f"saved run to {self.out_dir}")
             if ckpt_io.has_checkpoint(self.out_dir):
