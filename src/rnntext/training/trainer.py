@@ -30,7 +30,7 @@ from ..errors import CheckpointError, ConfigError, DataError, RnnTextError, Trai
 from ..model import build_model
 from ..model.base import TextClassifier
 from . import checkpoint as ckpt_io
-from . import distributed
+from . import distributed, stopping
 from . import multilabel as ml
 from .callbacks import Callback, Callbacks
 from .class_weight import class_weights
@@ -153,6 +153,9 @@ class Trainer:
         self.log(f"model: {cfg.model.model}, {self.n_params:,} parameters, device {self.device}")
         self.optimizer = fast.make_optimizer(self.model, cfg.train, self.device, self.dist.active, self.log)
         self.steps_per_epoch = len(self.epoch_order(0))
+        if cfg.train.epochs is None:  # a run's epochs are fixed here: config.json and checkpoints hold them
+            cfg.train.epochs = stopping.planned_epochs(cfg.train, self.steps_per_epoch)
+            self.log(f"epochs: {cfg.train.epochs} of {self.steps_per_epoch} steps (--min-steps {cfg.train.min_steps})")
         self.schedule = make_schedule(cfg, self.optimizer, self.steps_per_epoch * cfg.train.epochs)
         if self.dist.active:
             n, bs = self.dist.world_size, cfg.train.batch_size
@@ -248,7 +251,11 @@ class Trainer:
     def end_epoch(self, row: dict[str, Any]) -> None:
         """Validate, log, and remember the best weights."""
         p = self.data
-        if p.valid is not None:
+        if p.valid is not None and p.valid.labels.dim() == 1:  # accuracy, macro-F1 and loss: --select-by's choices
+            v = stopping.validation_metrics(self.model, p.valid, p.label_names, self.device, self.dist,
+                                            self.cfg.train.max_batch_tokens)
+            row.update(valid_accuracy=v["accuracy"], valid_macro_f1=v["macro_f1"], valid_loss=v["loss"])
+        elif p.valid is not None:
             row["valid_accuracy"] = evaluate_encoded(self.model, p.valid, p.label_names, self.device, self.dist,
                                                      self.cfg.train.max_batch_tokens)["accuracy"]
         self.history.append(row)
@@ -257,8 +264,9 @@ class Trainer:
                  + (f", valid acc {row['valid_accuracy']:.4f}" if "valid_accuracy" in row else "")
                  + f", {row['seconds']:.1f}s ({row['rows_per_second']:.0f} rows/s)")
         self.callbacks.on_epoch(self, row)
-        score = row.get("valid_accuracy", float(row["epoch"]))  # without validation, the last epoch wins
-        if score > self.best_score:
+        score = stopping.score(row, self.cfg.train.select_by)
+        score = float(row["epoch"]) if score is None else score  # without validation, the last epoch wins
+        if stopping.is_better(score, self.best_score, self.best_epoch):
             self.best_score, self.best_epoch, self.best_state = score, row["epoch"], state_to_cpu(self.model)
 
     def fit(self) -> TrainResult:
@@ -266,10 +274,16 @@ class Trainer:
         try:
             with ckpt_io.catch_sigint(self.log) if self.out_dir is not None else _no_interrupt() as self.interrupt:
                 for epoch in range(self.epoch, self.cfg.train.epochs):
+                    if stopping.should_stop(self.history, self.best_epoch, self.cfg.train.patience):
+                        break  # a resumed run that had stopped early (checkpointed before finishing)
                     self.end_epoch(self.run_epoch(epoch))
                     self.step, self.running = 0, (0.0, 0, 0, 0.0)
                     self.save_checkpoint()
                     self.stop_if_interrupted()
+                    if stopping.should_stop(self.history, self.best_epoch, self.cfg.train.patience):
+                        self.log(f"early stop after epoch {self.epoch}: {self.cfg.train.patience} epochs without a "
+                                 f"better validation {self.cfg.train.select_by} than epoch {self.best_epoch}")
+                        break
             result = self.finish()
             return result
         finally:
@@ -384,7 +398,8 @@ class Trainer:
         p = self.data
         self.model.load_state_dict(self.best_state)
         metrics: dict[str, Any] = {
-            "epochs": self.history, "best_epoch": self.best_epoch, "parameters": self.n_params,
+            "epochs": self.history, "best_epoch": self.best_epoch, "epochs_planned": self.cfg.train.epochs,
+            "select_by": self.cfg.train.select_by, "parameters": self.n_params,
             "train_seconds": sum(r["seconds"] for r in self.history), "data_seconds": p.seconds,
             "device": str(self.device), "threads": torch.get_num_threads()}
         if self.embeddings is not None:
