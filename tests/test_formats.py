@@ -334,3 +334,34 @@ def test_predict_output_streams_in_constant_memory(table_run: Path, tmp_path: Pa
     assert ids == big["id"].tolist()
     print(f"predict --output, peak RSS: 20,000 rows {peaks['small']:.0f} MB, 200,000 rows {peaks['big']:.0f} MB")
     assert peaks["big"] - peaks["small"] < 40, peaks
+
+
+def test_evaluate_reads_a_parquet_or_feather_test_file(table_run: Path, tmp_path: Path) -> None:
+    paths = _files(_frame(80, seed=9), tmp_path)
+    reports = {fmt: rnntext.evaluate_run(str(table_run), test=str(p), threads=1) for fmt, p in paths.items()}
+    for fmt in ("parquet", "feather", "jsonl"):
+        assert (reports[fmt]["accuracy"], reports[fmt]["n"]) == (reports["csv"]["accuracy"], 80), fmt
+
+
+def test_multi_label_lists_in_parquet_and_a_dataframe(tmp_path: Path) -> None:
+    """A Parquet list<string> label column and a DataFrame of lists train the model of the JSONL lists;
+    predict --output keeps the run's set of labels as one column (a map), whatever the rows."""
+    rng = random.Random(2)
+    rows = [{"id": i, "text": f"w{'x'.join(labs)} filler {i}", "label": labs}
+            for i, labs in enumerate(sorted(rng.sample(["a", "b", "c"], rng.randint(1, 2))) for _ in range(150))]
+    df = pd.DataFrame(rows)
+    df.to_parquet(tmp_path / "ml.parquet", index=False)
+    (tmp_path / "ml.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    quiet = {"progress": False, "log": lambda s: None}
+    reference = _weights(rnntext.train(_cfg(train=str(tmp_path / "ml.jsonl"), multi_label=True), None, **quiet))
+    _same(reference, _weights(rnntext.train(_cfg(train=str(tmp_path / "ml.parquet"), multi_label=True), None,
+                                            **quiet)))
+    _same(reference, _weights(rnntext.train(_cfg(multi_label=True), str(tmp_path / "run"), train=df, **quiet)))
+    output = tmp_path / "out.parquet"
+    proc = _predict_cli(str(tmp_path / "run"), "--file", str(tmp_path / "ml.parquet"), "--output", str(output), "-q")
+    assert proc.returncode == 0, proc.stderr
+    table = pq.read_table(output)
+    assert str(table.schema.field("prediction.labels").type).startswith("map<string, double")
+    expected = Predictor.load(tmp_path / "run").predict(df["text"].tolist())
+    assert [dict(x) for x in table["prediction.labels"].to_pylist()] == [p.labels for p in expected]
+    assert table["label"].to_pylist() == df["label"].tolist()

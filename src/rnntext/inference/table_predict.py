@@ -6,9 +6,10 @@ next is read, so memory holds one chunk, whatever the number of rows; Parquet is
 ParquetWriter, one batch per chunk. The output is written to a temporary file renamed into place at the end.
 
 The prediction's columns come from `Prediction.to_dict()`, field by field, whatever fields it has: a
-value becomes the column `prediction.FIELD`; a dict keyed by the classes (the probabilities) one column
-per class, `prediction.FIELD.CLASS`; any other dict or list one column (JSON text in CSV, a map or list
-in Parquet). In JSONL the whole dict is added to each object under `prediction`."""
+value becomes the column `prediction.FIELD`; a field of PER_CLASS (a value for every class: the
+probabilities) one column per class, `prediction.FIELD.CLASS`; any other dict or list one column (JSON
+text in CSV, a map or list in Parquet), such as a multi-label run's set of labels. In JSONL the whole
+dict is added to each object under `prediction`."""
 
 from __future__ import annotations
 
@@ -21,20 +22,22 @@ from ..errors import DataError
 from .prediction import Prediction
 
 PREFIX = "prediction"
+# the fields of Prediction.to_dict() that hold a value for every class: spread one column per class (declared,
+# not guessed from the values, so that the columns never depend on the rows: a multi-label run's `labels`
+# may hold every class in some rows and is one column)
+PER_CLASS = ("probabilities",)
 
 
 class Layout:
     """How the fields of Prediction.to_dict() become columns, fixed by the first chunk so that every chunk
-    has the same columns: a field whose value is, in each of those rows, a dict holding every class is
-    spread one column per class; any other field is one column."""
+    has the same columns: a field of PER_CLASS is spread one column per class; any other is one column."""
 
     def __init__(self, dicts: list[dict[str, Any]], classes: Sequence[str]):
         self.classes = list(classes)
         self.fields: list[str] = []
         for d in dicts:
             self.fields += [k for k in d if k not in self.fields]
-        self.spread = {f for f in self.fields
-                       if all(isinstance(d.get(f), dict) and set(d[f]) == set(self.classes) for d in dicts)}
+        self.spread = {f for f in self.fields if f in PER_CLASS}
 
     def columns(self, dicts: list[dict[str, Any]]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {}
