@@ -351,7 +351,8 @@ class DataConfig(Settings):
                                    help="directory with the dataset's train/test CSVs (default: $RNNTEXT_DATA_DIR, "
                                         "else download and cache)")
     train: str | None = setting(None, path=True, metavar="FILE", show_default=False,
-                                help="your own training file: CSV, TSV or JSONL, optionally .gz")
+                                help="your own training file: CSV, TSV or JSONL, optionally .gz; Parquet; Feather / "
+                                     "Arrow (pip install 'rnntext[data]')")
     test: str | None = setting(None, path=True, metavar="FILE", show_default=False,
                                help="test file, same format as --train (with --dataset ag_news: replaces its test "
                                     "split; labels are its class names)")
