@@ -304,6 +304,21 @@ def test_every_model_learns_sets_of_labels(model: str, data: dict[str, Path]) ->
     assert last["train_loss"] < first["train_loss"]
 
 
+@pytest.mark.parametrize("select_by", ["accuracy", "macro_f1", "loss"])
+def test_select_by_chooses_the_epoch_by_the_multi_label_validation_figures(data: dict[str, Path],
+                                                                           select_by: str) -> None:
+    from rnntext import train
+
+    cfg = ml_config(data["train_csv"], None, model__model="bag", train__epochs=5, train__select_by=select_by)
+    result = train(cfg, None, **QUIET)
+    epochs = result.metrics["epochs"]
+    assert all({"valid_accuracy", "valid_macro_f1", "valid_micro_f1", "valid_loss"} <= set(e) for e in epochs)
+    key, sign = {"accuracy": ("valid_accuracy", 1), "macro_f1": ("valid_macro_f1", 1), "loss": ("valid_loss", -1)}[
+        select_by]
+    scores = [sign * e[key] for e in epochs]
+    assert result.metrics["best_epoch"] == 1 + scores.index(max(scores))  # the first of the best
+
+
 def test_an_ensemble_averages_the_sigmoids_and_the_thresholds(data: dict[str, Path], tmp_path: Path) -> None:
     from rnntext.training.ensemble import train_ensemble
 

@@ -156,6 +156,30 @@ def evaluate_multilabel(model: TextClassifier, data: Encoded, label_names: list[
     return multilabel_report(data.labels, pred.bool(), label_names, thresholds)
 
 
+def validation_metrics(model: TextClassifier, data: Encoded, label_names: list[str], device: torch.device,
+                       dist: distributed.DistContext | None, max_tokens: int | None) -> dict[str, float]:
+    """An epoch's validation figures at threshold 0.5 (the thresholds are chosen once, after training):
+    subset accuracy, macro- and micro-F1, and the mean binary cross-entropy (the training loss's), each
+    rank predicting its share of the rows when distributed (training/stopping.py: --select-by)."""
+    loss_sum = 0.0
+
+    def predict(rows: Encoded) -> Tensor:
+        nonlocal loss_sum
+        logits = predict_logits(model, rows, device, max_tokens=max_tokens)
+        loss_sum += float(F.binary_cross_entropy_with_logits(logits, rows.labels.to(logits.dtype), reduction="sum"))
+        return decide(logits.sigmoid(), None)
+
+    if dist is not None and dist.active:
+        pred = dist.predict_sharded(data, predict, width=len(label_names))
+        (loss_sum,) = dist.sum(loss_sum)
+    else:
+        pred = predict(data)
+    report = multilabel_report(data.labels, pred.bool(), label_names)
+    cells = max(len(data) * len(label_names), 1)
+    return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "micro_f1": report["micro_f1"],
+            "loss": loss_sum / cells}
+
+
 def choose_thresholds(model: TextClassifier, valid: Encoded | None, num_labels: int, device: torch.device,
                       max_tokens: int | None = MAX_BATCH_TOKENS) -> list[float]:
     """Each label's threshold (fit_thresholds) on the validation data; 0.5 each without validation. Every

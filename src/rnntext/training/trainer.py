@@ -255,9 +255,11 @@ class Trainer:
             v = stopping.validation_metrics(self.model, p.valid, p.label_names, self.device, self.dist,
                                             self.cfg.train.max_batch_tokens)
             row.update(valid_accuracy=v["accuracy"], valid_macro_f1=v["macro_f1"], valid_loss=v["loss"])
-        elif p.valid is not None:
-            row["valid_accuracy"] = evaluate_encoded(self.model, p.valid, p.label_names, self.device, self.dist,
-                                                     self.cfg.train.max_batch_tokens)["accuracy"]
+        elif p.valid is not None:  # multi-label (training/multilabel.py): subset accuracy, F1s and BCE at 0.5
+            v = ml.validation_metrics(self.model, p.valid, p.label_names, self.device, self.dist,
+                                      self.cfg.train.max_batch_tokens)
+            row.update(valid_accuracy=v["accuracy"], valid_macro_f1=v["macro_f1"], valid_micro_f1=v["micro_f1"],
+                       valid_loss=v["loss"])
         self.history.append(row)
         self.epoch = row["epoch"]
         self.log(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
