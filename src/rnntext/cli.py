@@ -210,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                  show_defaults=False)
     add_settings(p, TrainConfig, ("device", "threads"))
     p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", metavar="FILE", help="where to draw the reliability diagram (default: "
+                   "RUN_DIR/calibration.png; needs matplotlib)")
     add_settings(p, InferenceConfig)
 
     p = sub.add_parser("predict", help="predict labels of texts")
@@ -438,16 +440,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         if len(args.run_dir) > 1:
             raise ConfigError("evaluate --backend onnx takes one export directory (ensembles need the torch backend)")
-        report = evaluate_export(args.run_dir[0], train.get("threads"),
+        report = evaluate_export(args.run_dir[0], train.get("threads"), run.calibration, run.min_confidence,
                                  **{name: data.get(name) for name in EVALUATE_DATA})
-        print(json.dumps(report, indent=2) if args.json else format_report(report))
-        return 0
-    # Unset options keep what the run was trained with (its test file, columns, AG News directory).
-    report = evaluate_run(args.run_dir, device=train.get("device", "auto"), threads=train.get("threads"),
-                          precision=run.precision,
-                          **{name: data.get(name) for name in EVALUATE_DATA})
+    else:  # unset options keep what the run was trained with (its test file, columns, AG News directory)
+        report = evaluate_run(args.run_dir, device=train.get("device", "auto"), threads=train.get("threads"),
+                              precision=run.precision, calibration=run.calibration, min_confidence=run.min_confidence,
+                              **{name: data.get(name) for name in EVALUATE_DATA})
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    _plot_calibration(report, args.plot, args.run_dir[0])
     return 0
+
+
+def _plot_calibration(report: dict[str, Any], plot: str | None, run_dir: str) -> None:
+    """evaluate's reliability diagram: at --plot FILE, else RUN_DIR/calibration.png. Without matplotlib, or
+    where the run directory cannot be written, one line on stderr says so; an explicit --plot that cannot
+    be written is an error."""
+    from pathlib import Path
+
+    from .report.plots import CALIBRATION_PLOT, have_matplotlib, write_calibration_plot
+
+    if not report.get("calibration"):  # multi-label: no temperature
+        return
+    if not have_matplotlib():
+        print("rnntext: calibration plot skipped: matplotlib is not installed (pip install 'rnntext[plots]')",
+              file=sys.stderr)
+        return
+    target = Path(plot) if plot else Path(run_dir) / CALIBRATION_PLOT
+    try:
+        title = f"reliability diagram: {Path(report['file']).name}" if report.get("file") else None
+        write_calibration_plot(report["calibration"], target, title)
+    except OSError as e:
+        if plot:
+            raise ConfigError(f"--plot {plot}: cannot write it ({e.strerror or e})") from None
+        print(f"rnntext: calibration plot skipped: cannot write {target} ({e.strerror or e}); give --plot FILE",
+              file=sys.stderr)
+        return
+    print(f"rnntext: reliability diagram: {target}", file=sys.stderr)
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
@@ -464,7 +492,7 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
-def _onnx_predictor(args: argparse.Namespace, threads: int | None) -> Any:
+def _onnx_predictor(args: argparse.Namespace, threads: int | None, calibration: bool = True) -> Any:
     """The export directory of --backend onnx (no ensembles, no explanations)."""
     from .inference.onnx_predictor import OnnxPredictor
 
@@ -472,21 +500,22 @@ def _onnx_predictor(args: argparse.Namespace, threads: int | None) -> Any:
         raise ConfigError("--ensemble needs the torch backend; export a run and predict with it alone")
     if getattr(args, "explain", False):
         raise ConfigError("--explain needs the torch backend (the run directory)")
-    return OnnxPredictor.load(args.run_dir, threads)
+    return OnnxPredictor.load(args.run_dir, threads, calibration=calibration)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     train, run = given(args, TrainConfig), settings_from_args(args, InferenceConfig)
     # a bad run dir fails before stdin is read
     if run.backend == "onnx":
-        predictor: Any = _onnx_predictor(args, train.get("threads"))
+        predictor: Any = _onnx_predictor(args, train.get("threads"), run.calibration)
     else:
         from .inference.predictor import Predictor
 
         predictor = Predictor.load([args.run_dir, *args.ensemble], train.get("device", "auto"), train.get("threads"),
-                                   run.precision)
+                                   run.precision, run.calibration)
     if args.output or _is_table(args.file):  # a table in, or a table out: rnntext.inference.table_predict
-        return _predict_table(args, predictor, predictor.predict)
+        return _predict_table(args, predictor, lambda texts: predictor.predict(texts,
+                                                                               min_confidence=run.min_confidence))
     texts = _read_texts(args)
     if args.explain:
         for ex in predictor.explain(texts):
@@ -500,7 +529,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 print(f"{ex.predicted}\t{ex.probabilities[ex.predicted]:.4f}\t{words}")
         return 0
     for chunk in predictor.chunks(texts):  # printed as predicted: memory does not grow with the input
-        for pred in predictor.predict(list(chunk)):  # a NaN model is an error (never bare NaN in --json)
+        # a NaN model is an error (never bare NaN in --json); below --min-confidence, no label (null)
+        for pred in predictor.predict(list(chunk), min_confidence=run.min_confidence):
             if args.json:
                 print(json.dumps(pred.to_dict(), ensure_ascii=False, allow_nan=False))
             else:
@@ -552,8 +582,7 @@ def _predict_table(args: argparse.Namespace, predictor: Any, predict: Callable[[
     for chunk, preds in predict_chunks(reader.chunks(), predict, progress=False):
         skipped += chunk.skipped
         for pred in preds:
-            print(json.dumps(pred.to_dict(), ensure_ascii=False, allow_nan=False) if args.json
-                  else f"{pred.label}\t{pred.probabilities[pred.label]:.4f}")
+            print(json.dumps(pred.to_dict(), ensure_ascii=False, allow_nan=False) if args.json else _shown(pred))
     if skipped:
         print(f"rnntext: skipped {skipped} bad rows in {args.file}", file=sys.stderr)
     return 0
@@ -562,6 +591,8 @@ def _predict_table(args: argparse.Namespace, predictor: Any, predict: Callable[[
 def _shown(pred: Any) -> str:
     """A prediction as `predict` prints it: label TAB probability; a multi-label run's: its labels and their
     probabilities, comma-separated (most probable first), or "(none)" when no label reaches its threshold."""
+    if pred.labels is None and pred.label is None:  # --min-confidence: abstained; the top probability
+        return f"(abstain)\t{max(pred.probabilities.values()):.4f}"
     if pred.labels is None:
         return f"{pred.label}\t{pred.probabilities[pred.label]:.4f}"
     if not pred.labels:
@@ -626,7 +657,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
           limits=Limits(opts.max_texts, opts.max_chars, opts.max_body_bytes), max_batch_texts=opts.max_batch,
           max_wait_ms=opts.batch_wait_ms, max_queue_texts=opts.max_queue,
           timeouts=Timeouts(opts.header_timeout, opts.body_timeout, opts.keep_alive_timeout, opts.drain_timeout),
-          log_level=opts.log_level, backend=run.backend, precision=run.precision)
+          log_level=opts.log_level, backend=run.backend, precision=run.precision, calibration=run.calibration,
+          min_confidence=run.min_confidence)
     return 0
 
 

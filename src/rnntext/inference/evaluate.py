@@ -14,7 +14,9 @@ from ..data import ag_news
 from ..data.dataset import read_labelled
 from ..data.readers import Rows
 from ..errors import ConfigError, DataError
+from ..training.calibration import calibration_report, selective_report
 from ..training.metrics import classification_report
+from .prediction import check_min_confidence
 from .predictor import Predictor
 
 
@@ -50,11 +52,15 @@ def evaluation_data(trained: DataConfig, *, test: str | None = None, dataset: st
 
 
 def evaluate_run(run_dir: str | Path | Sequence[str | Path], data: DataConfig | None = None, device: str = "auto",
-                 threads: int | None = None, precision: str = "fp32", **options: Any) -> dict[str, Any]:
+                 threads: int | None = None, precision: str = "fp32", calibration: bool = True,
+                 min_confidence: float | None = None, **options: Any) -> dict[str, Any]:
     """Metrics of the run in `run_dir` on `data`'s test set, by default the one it was trained with;
     `options` (test, dataset, data_dir, text_columns, label_column, skip_bad_rows, quoting) change it as in
     `evaluation_data`. Several run directories are evaluated as an ensemble (mean of their class
-    probabilities) on the first one's test set."""
+    probabilities) on the first one's test set. The metrics come from the calibrated probabilities unless
+    `calibration` is False; the report's "calibration" gives the ECE and NLL before and after either way.
+    `min_confidence` P: also how many texts would get a label and how accurate those are."""
+    check_min_confidence(min_confidence)
     predictor = Predictor.load(run_dir, device, threads, precision)
     run = predictor.run
     data = evaluation_data(data or run.config.data, **options)
@@ -69,8 +75,15 @@ def evaluate_run(run_dir: str | Path | Sequence[str | Path], data: DataConfig | 
                 raise DataError(f"label {label!r} is not one the model knows ({', '.join(run.label_names)})",
                                 rows.path, line)
             labels.append(index[label])
-        pred = predictor.probabilities(rows.texts).argmax(1)
-        report = classification_report(torch.tensor(labels, dtype=torch.long), pred, run.label_names)
+        y = torch.tensor(labels, dtype=torch.long)
+        fitted = predictor.probabilities(rows.texts)
+        raw = fitted if predictor.temperatures == [1.0] * len(predictor.runs) else \
+            predictor.probabilities(rows.texts, calibrated=False)
+        probs = fitted if calibration else raw
+        report = classification_report(y, probs.argmax(1), run.label_names)
+        report["calibration"] = calibration_report(raw, fitted, y, predictor.temperatures, calibration)
+        if min_confidence is not None:
+            report["selective"] = selective_report(probs, y, min_confidence)
     report["file"] = rows.path
     report.setdefault("skipped", rows.skipped)
     if len(predictor.runs) > 1:
@@ -94,9 +107,11 @@ def _multilabel_report(predictor: Predictor, rows: Rows, skip_bad_rows: bool) ->
     return report
 
 
-def evaluate_export(path: str | Path, threads: int | None = None, **options: Any) -> dict[str, Any]:
+def evaluate_export(path: str | Path, threads: int | None = None, calibration: bool = True,
+                    min_confidence: float | None = None, **options: Any) -> dict[str, Any]:
     """evaluate_run for an export directory (`rnntext export`), run by onnxruntime: on the test set of the
     run it was exported from, changed by `options` as in `evaluation_data`."""
+    check_min_confidence(min_confidence)
     from ..config import RunConfig
     from .onnx_predictor import SETTINGS, OnnxPredictor
 
@@ -112,8 +127,15 @@ def evaluate_export(path: str | Path, threads: int | None = None, **options: Any
             raise DataError(f"label {label!r} is not one the model knows ({', '.join(predictor.labels)})",
                             rows.path, line)
         labels.append(index[label])
-    pred = torch.from_numpy(predictor.probabilities(rows.texts).argmax(1))
-    report = classification_report(torch.tensor(labels, dtype=torch.long), pred, predictor.labels)
+    y = torch.tensor(labels, dtype=torch.long)
+    fitted = torch.from_numpy(predictor.probabilities(rows.texts))
+    raw = fitted if predictor.temperature == 1.0 else \
+        torch.from_numpy(predictor.probabilities(rows.texts, calibrated=False))
+    probs = fitted if calibration else raw
+    report = classification_report(y, probs.argmax(1), predictor.labels)
+    report["calibration"] = calibration_report(raw, fitted, y, [predictor.temperature], calibration)
+    if min_confidence is not None:
+        report["selective"] = selective_report(probs, y, min_confidence)
     report["file"] = rows.path
     report["skipped"] = rows.skipped
     report["backend"] = "onnx"

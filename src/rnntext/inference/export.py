@@ -281,6 +281,8 @@ def settings(run: Run, int8: bool) -> dict:
         "batch_layout": "padded", "model": asdict(m),
         "inputs": {"tokens": "int64 [batch, steps], <pad> = 0 past each length", "lengths": "int64 [batch]"},
         "outputs": {"probabilities": "float32 [batch, classes], in the order of labels.json"},
+        # the run's calibration (training/calibration.py): the runtime takes softmax(log(probabilities) / T)
+        "temperature": run.temperature,
     }
 
 

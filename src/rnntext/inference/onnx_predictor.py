@@ -26,7 +26,7 @@ import numpy as np
 from ..data.tokenizer import Tokenizer
 from ..data.vocab import UNK_ID, Vocab
 from ..errors import CheckpointError, ConfigError, RnnTextError
-from .prediction import Prediction
+from .prediction import Prediction, check_min_confidence, confident
 
 MODEL, SETTINGS, VOCAB, LABELS = "model.onnx", "export.json", "vocab.json", "labels.json"
 FORMAT = 1
@@ -34,6 +34,19 @@ BATCH = 512  # texts per model call (benchmarks/predict.py)
 CHUNK_TEXTS = 16_384  # texts tokenised and predicted at a time (bounded memory, as the Predictor)
 
 
+
+
+def with_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(logits / T) from the model's softmax(logits): log(p) is the logits less a constant per row,
+    which the softmax ignores. T == 1 returns `probs` itself. A probability that is 0 (float32 underflow)
+    stays 0."""
+    if temperature == 1.0:
+        return probs
+    with np.errstate(divide="ignore"):
+        z = np.log(probs.astype(np.float64)) / temperature
+    z -= z.max(1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
 
 
 def is_export(path: str | Path) -> bool:
@@ -68,8 +81,10 @@ def _read_json(path: Path) -> Any:
 class OnnxPredictor:
     """An exported model run by onnxruntime."""
 
-    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = BATCH):
-        """`threads`: sessions run side by side, one thread each (default: the cores this process may use)."""
+    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = BATCH,
+                 calibration: bool = True):
+        """`threads`: sessions run side by side, one thread each (default: the cores this process may use).
+        `calibration`: the run's temperature (export.json's, 1 in exports without one) applied."""
         path = Path(path)
         if not is_export(path):
             raise ConfigError(f"{path} is not an export directory (no {SETTINGS} and {MODEL}): "
@@ -86,6 +101,12 @@ class OnnxPredictor:
             raise CheckpointError(f"export format {cfg['format']} is newer than this rnntext reads ({FORMAT})",
                                   str(path / SETTINGS))
         self.settings = cfg
+        t = cfg.get("temperature", 1.0)
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0.01 <= t <= 100):
+            raise CheckpointError(f"temperature must be a number in [0.01, 100], got {str(t)[:40]}",
+                                  str(path / SETTINGS))
+        self.calibration = calibration
+        self.temperature = float(t) if calibration else 1.0
         tok = cfg["tokenizer"]
         self.budget = int(cfg.get("max_batch_tokens") or 65_536)
         # the words cut to the budget before n-grams are added, as the Predictor does
@@ -115,8 +136,9 @@ class OnnxPredictor:
         self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="rnntext-onnx") if threads > 1 else None
 
     @classmethod
-    def load(cls, path: str | Path, threads: int | None = None, batch_size: int = BATCH) -> OnnxPredictor:
-        return cls(path, threads, batch_size)
+    def load(cls, path: str | Path, threads: int | None = None, batch_size: int = BATCH,
+             calibration: bool = True) -> OnnxPredictor:
+        return cls(path, threads, batch_size, calibration)
 
     def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
         """Token ids per text (an empty text: one <unk>, each cut to the token budget) and their lengths."""
@@ -140,12 +162,17 @@ class OnnxPredictor:
             start = end
         return out
 
-    def probabilities(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
-        """[len(texts), classes] float32 class probabilities."""
+    def probabilities(self, texts: Sequence[str], batch_size: int | None = None, calibrated: bool = True) -> np.ndarray:
+        """[len(texts), classes] float32 class probabilities, calibrated (the run's temperature) unless
+        `calibrated` is False or the predictor was loaded with calibration=False."""
         texts = list(texts)
         if len(texts) > CHUNK_TEXTS:
-            return np.concatenate([self.probabilities(texts[i:i + CHUNK_TEXTS], batch_size)
+            return np.concatenate([self.probabilities(texts[i:i + CHUNK_TEXTS], batch_size, calibrated)
                                    for i in range(0, len(texts), CHUNK_TEXTS)])
+        probs = self._probabilities(texts, batch_size)
+        return with_temperature(probs, self.temperature) if calibrated else probs
+
+    def _probabilities(self, texts: list[str], batch_size: int | None) -> np.ndarray:
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
             return out
@@ -169,17 +196,21 @@ class OnnxPredictor:
             f.result()
         return out
 
-    def predict(self, texts: list[str] | str, batch_size: int | None = None) -> list[Prediction]:
+    def predict(self, texts: list[str] | str, batch_size: int | None = None,
+                min_confidence: float | None = None) -> list[Prediction]:
+        """As the Predictor's: `min_confidence` P, no label (None) below P."""
         if isinstance(texts, str):
             texts = [texts]
+        check_min_confidence(min_confidence)
         probs = self.probabilities(texts, batch_size)
         finite = np.isfinite(probs).all(1)
         if not finite.all():
             raise RnnTextError(f"the model's class probabilities for text {int(np.argmin(finite)) + 1} "
                                "are not finite numbers")
         best = probs.argmax(1).tolist()
-        return [Prediction(self.labels[b], dict(zip(self.labels, (round(p, 6) for p in row))))
-                for b, row in zip(best, probs.astype(np.float64).tolist())]
+        answered = confident(probs.max(1).astype(np.float64).tolist(), min_confidence)
+        return [Prediction(self.labels[b] if ok else None, dict(zip(self.labels, (round(p, 6) for p in row))))
+                for b, ok, row in zip(best, answered, probs.astype(np.float64).tolist())]
 
 
     def explain(self, texts: list[str] | str, label: str | None = None, method: str = "ig",

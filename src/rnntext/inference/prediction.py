@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..errors import ConfigError
+
 
 @dataclass
 class Prediction:
@@ -12,7 +14,7 @@ class Prediction:
     labels whose probability reaches its threshold (possibly none), each with its probability, most
     probable first."""
 
-    label: str
+    label: str | None  # None: abstained, the top probability was below min_confidence
     probabilities: dict[str, float]
     labels: dict[str, float] | None = None
 
@@ -29,3 +31,18 @@ def label_set(names: Sequence[str], probabilities: Sequence[float], thresholds: 
     chosen = [(n, p) for n, p, t in zip(names, probabilities, thresholds) if p >= t]
     chosen.sort(key=lambda item: -item[1])
     return {n: round(p, 6) for n, p in chosen}
+
+
+def check_min_confidence(value: float | None) -> None:
+    """min_confidence is None (always a label) or a probability in [0, 1]."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not 0.0 <= value <= 1.0):
+        raise ConfigError(f"min_confidence must be a probability in [0, 1], got {value!r}")
+
+
+def confident(top: Sequence[float], min_confidence: float | None) -> list[bool]:
+    """For each text's top class probability: whether it reaches `min_confidence` (a label is given at
+    exactly P, none below it); None: every text gets its label."""
+    if min_confidence is None:
+        return [True] * len(top)
+    return [p >= min_confidence for p in top]

@@ -18,7 +18,7 @@ from ..training.device import resolve_device, set_threads
 from ..training.logits import mean_probabilities
 from ..training.rundir import Run, load_run
 from .ensemble import member_dirs
-from .prediction import Prediction, label_set
+from .prediction import Prediction, check_min_confidence, confident, label_set
 
 # The memory bound of prediction: a cap on rows x longest text per model call (without the GRU's inference
 # loop a model holds every step's outputs), and on the tokens of one text, which is cut to its first
@@ -38,15 +38,20 @@ class Predictor:
     """One run, or an ensemble of runs (`also`): each reads the texts with its own tokenizer and
     vocabulary, and the class probabilities are averaged."""
 
-    def __init__(self, run: Run, device: torch.device, also: Sequence[Run] = (), precision: str = "fp32"):
+    def __init__(self, run: Run, device: torch.device, also: Sequence[Run] = (), precision: str = "fp32",
+                 calibration: bool = True):
         """`precision` "bf16": GRU models on a CPU run their recurrence in bfloat16 (rnntext.fast.gru; opt-in,
-        probabilities within ~0.01 of float32's); other models, and other devices, float32."""
+        probabilities within ~0.01 of float32's); other models, and other devices, float32. `calibration`:
+        each run's temperature (calibration.json, training/calibration.py) applied to its logits; False:
+        the raw softmax."""
         if precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.precision = precision
         self.run = run
         self.runs = [run, *also]
         self.device = device
+        self.calibration = calibration
+        self.temperatures = [r.temperature if calibration else 1.0 for r in self.runs]
         self.tokenizer = run.tokenizer
         self.labels = run.label_names
         # these models only predict: what the fast path precomputes from their weights may stay
@@ -69,7 +74,7 @@ class Predictor:
 
     @classmethod
     def load(cls, run_dir: str | Path | Sequence[str | Path], device: str = "auto",
-             threads: int | None = None, precision: str = "fp32") -> Predictor:
+             threads: int | None = None, precision: str = "fp32", calibration: bool = True) -> Predictor:
         if threads is not None:  # otherwise leave the process's setting alone (a library must not change it)
             set_threads(threads)
         dev = resolve_device(device)
@@ -79,7 +84,7 @@ class Predictor:
         if not dirs:
             raise ConfigError("no run directory given")
         runs = [load_run(d, dev) for d in dirs]
-        return cls(runs[0], dev, runs[1:], precision)
+        return cls(runs[0], dev, runs[1:], precision, calibration)
 
     @staticmethod
     def chunks(texts: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -94,16 +99,17 @@ class Predictor:
         if start < len(texts):
             yield texts[start:]
 
-    def probabilities(self, texts: list[str], batch_size: int | None = None) -> torch.Tensor:
-        """[len(texts), classes] class probabilities (an ensemble's: the mean over its runs). Memory:
-        the texts are read CHUNK_TEXTS at a time, each cut to its run's token budget
-        (train.max_batch_tokens), and a model call holds at most that many padded tokens."""
+    def probabilities(self, texts: list[str], batch_size: int | None = None, calibrated: bool = True) -> torch.Tensor:
+        """[len(texts), classes] class probabilities (an ensemble's: the mean over its runs), calibrated
+        unless `calibrated` is False or the predictor was loaded with calibration=False. Memory: the texts
+        are read CHUNK_TEXTS at a time, each cut to its run's token budget (train.max_batch_tokens), and a
+        model call holds at most that many padded tokens."""
         texts = list(texts)
         if len(texts) <= CHUNK_TEXTS and sum(map(len, texts)) <= CHUNK_CHARS:
-            return self._probabilities(texts, batch_size)
-        return torch.cat([self._probabilities(list(c), batch_size) for c in self.chunks(texts)])
+            return self._probabilities(texts, batch_size, calibrated)
+        return torch.cat([self._probabilities(list(c), batch_size, calibrated) for c in self.chunks(texts)])
 
-    def _probabilities(self, texts: list[str], batch_size: int | None) -> torch.Tensor:
+    def _probabilities(self, texts: list[str], batch_size: int | None, calibrated: bool = True) -> torch.Tensor:
         if not texts:
             return torch.zeros(0, len(self.labels))
         tokenized: dict[tuple, list[list[str]]] = {}  # members with the same tokenizer settings share one pass
@@ -120,21 +126,26 @@ class Predictor:
         members = ((r.model, encoded(r), forward) for r, forward in zip(self.runs, self.forwards))
         budget = max(r.config.train.max_batch_tokens for r in self.runs)
         return mean_probabilities(members, (len(texts), len(self.labels)), self.device, batch_size, budget,
-                                  self.multi_label)
+                                  self.multi_label, temperatures=self.temperatures if calibrated else None)
 
-    def predict(self, texts: list[str] | str, batch_size: int | None = None) -> list[Prediction]:
-        """A NaN model (weights damaged, a diverged training) is an error, never NaN probabilities."""
+    def predict(self, texts: list[str] | str, batch_size: int | None = None,
+                min_confidence: float | None = None) -> list[Prediction]:
+        """A NaN model (weights damaged, a diverged training) is an error, never NaN probabilities.
+        `min_confidence` P: a text whose most probable class has a probability below P gets no label
+        (None; its probabilities are still given)."""
         if isinstance(texts, str):
             texts = [texts]
+        check_min_confidence(min_confidence)
         probs = self.probabilities(texts, batch_size)
         finite = torch.isfinite(probs).all(1)
         if not bool(finite.all()):
             raise self._not_finite(int((~finite).nonzero()[0]))
-        best = probs.argmax(1).tolist()
+        top, best = probs.max(1)
+        answered = confident(top.tolist(), min_confidence)
         rows = probs.tolist()
-        return [Prediction(self.labels[b], dict(zip(self.labels, (round(p, 6) for p in row))),
+        return [Prediction(self.labels[b] if ok else None, dict(zip(self.labels, (round(p, 6) for p in row))),
                            None if self.thresholds is None else label_set(self.labels, row, self.thresholds))
-                for b, row in zip(best, rows)]
+                for b, ok, row in zip(best.tolist(), answered, rows)]
 
     def _not_finite(self, i: int) -> RnnTextError:
         for r in self.runs:
@@ -154,7 +165,8 @@ class Predictor:
 
 
 def load(run_dir: str | Path | Sequence[str | Path], device: str = "auto", threads: int | None = None,
-         precision: str = "fp32") -> Predictor:
+         precision: str = "fp32", calibration: bool = True) -> Predictor:
     """A trained model ready to predict, from the run directory `rnntext train --out` wrote; given
-    several run directories, their ensemble."""
-    return Predictor.load(run_dir, device, threads, precision)
+    several run directories, their ensemble. `calibration` False: the raw probabilities, without the
+    temperature fitted on validation."""
+    return Predictor.load(run_dir, device, threads, precision, calibration)

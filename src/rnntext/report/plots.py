@@ -1,5 +1,6 @@
 """PNG plots of a run: `curves.png` (loss and accuracy per epoch and against training time) and
-`confusion.png` (row-normalised confusion matrix), plus the comparison's accuracy-vs-time scatter.
+`confusion.png` (row-normalised confusion matrix), plus the comparison's accuracy-vs-time scatter and
+evaluate's `calibration.png` (reliability diagram before and after the temperature).
 
 matplotlib is the optional `plots` extra: it is imported only here, inside the functions, with
 the Agg backend (no display needed), so training works without it."""
@@ -14,7 +15,7 @@ from typing import Any
 
 from ..io import atomic_write_bytes
 
-CURVES, CONFUSION = "curves.png", "confusion.png"
+CURVES, CONFUSION, CALIBRATION_PLOT = "curves.png", "confusion.png", "calibration.png"
 
 
 def have_matplotlib() -> bool:
@@ -126,6 +127,48 @@ def render_scatter(points: Sequence[dict[str, Any]], ylabel: str = "test accurac
     ax.set_title(f"{ylabel} against training time")
     fig.tight_layout()
     return _png(fig)
+
+
+def render_calibration(calibration: dict[str, Any], title: str | None = None) -> bytes:
+    """The reliability diagram of an evaluation (evaluate's report["calibration"]): for each confidence bin,
+    the accuracy of its texts against their mean confidence, for the raw and the calibrated probabilities
+    (a calibrated model lies on the diagonal); below, how many texts fall in each bin."""
+    plt = _pyplot()
+    bins = int(calibration["bins"])
+    edges = [k / bins for k in range(bins + 1)]
+    centres = [(edges[k] + edges[k + 1]) / 2 for k in range(bins)]
+    width = 1 / bins
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(6.5, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfectly calibrated")
+    t = calibration["temperature"]
+    shown = f"{t:.2f}" if isinstance(t, (int, float)) else ", ".join(f"{x:.2f}" for x in t)
+    for key, name, color, shift in (("before", "raw", "tab:red", -0.22), ("after", f"T = {shown}", "tab:blue", 0.22)):
+        cells = calibration[f"reliability_{key}"]
+        used = [k for k in range(bins) if cells[k]["count"]]
+        ax.bar([centres[k] + shift * width for k in used], [cells[k]["accuracy"] for k in used], width=width * 0.42,
+               color=color, alpha=0.75, label=f"{name}: ECE {calibration[f'ece_{key}']:.4f}")
+        ax.plot([cells[k]["confidence"] for k in used], [cells[k]["accuracy"] for k in used], "o", color=color,
+                markersize=3)
+        hist.bar([centres[k] + shift * width for k in range(bins)], [c["count"] for c in cells], width=width * 0.42,
+                 color=color, alpha=0.75)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy in the bin")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or f"reliability diagram ({bins} bins of the top class probability)")
+    hist.set_xlabel("confidence (probability of the predicted class)")
+    hist.set_ylabel("texts")
+    hist.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def write_calibration_plot(calibration: dict[str, Any], path: str | Path, title: str | None = None) -> Path:
+    """calibration.png (render_calibration) at `path`, atomically; needs matplotlib."""
+    path = Path(path)
+    atomic_write_bytes(path, render_calibration(calibration, title))
+    return path
 
 
 MAX_CONFUSION_CLASSES = 50  # beyond this a confusion plot neither fits a page nor a reasonable amount of memory

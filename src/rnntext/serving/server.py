@@ -227,10 +227,14 @@ class PredictRequest(BaseModel):
         "examples": [{"texts": ["Stocks rally as oil prices fall", "Late goal wins the cup final"]}]})
 
     texts: list[str] = Field(min_length=1, description="texts to classify")
+    min_confidence: float | None = Field(None, ge=0.0, le=1.0, description="no label (null) for a text whose most "
+                                         "probable class has a probability below this (default: the server's "
+                                         "--min-confidence, else always a label)")
 
 
 class PredictionOut(BaseModel):
-    label: str = Field(description="the most probable class")
+    label: str | None = Field(description="the most probable class; null where its probability is below "
+                                          "min_confidence (abstained)")
     probabilities: dict[str, float] = Field(description="probability of every class")
     labels: dict[str, float] | None = Field(None, description="multi-label runs only: the labels whose "
                                             "probability reaches their threshold (possibly none), most probable "
@@ -488,9 +492,10 @@ def _page() -> str:
 
 def create_app(predictor: Predictor | OnnxPredictor, *, limits: Limits | None = None, max_batch_texts: int = 256,
                max_wait_ms: float = 2.0, max_queue_texts: int | None = None, body_timeout: float = 30.0,
-               max_batch_chars: int = BATCH_CHARS) -> FastAPI:
+               max_batch_chars: int = BATCH_CHARS, min_confidence: float | None = None) -> FastAPI:
     """The FastAPI app serving `predictor`; run it with uvicorn (its lifespan starts the batcher).
-    `max_queue_texts`: texts that may wait for the model (default 4 x max_batch_texts; 503 past it)."""
+    `max_queue_texts`: texts that may wait for the model (default 4 x max_batch_texts; 503 past it).
+    `min_confidence`: the default of the requests' field (no label below it)."""
     limits = limits or Limits()
     labels = list(predictor.labels)
     thresholds = getattr(predictor, "thresholds", None)  # a multi-label run's (inference/predictor.py)
@@ -520,7 +525,8 @@ def create_app(predictor: Predictor | OnnxPredictor, *, limits: Limits | None = 
         """FastAPI's 422 (what is wrong, and where), plus a hint for the common curl slip."""
         return unprocessable([json_safe(e) for e in exc.errors()], request)
 
-    @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True, responses={
+    # exclude_unset: `labels` only where set (multi-label), while an abstained `label` stays a JSON null
+    @app.post("/predict", response_model=PredictResponse, response_model_exclude_unset=True, responses={
         413: {"description": "too many texts, a text too long, or the body too large"},
         422: {"description": "a body that is not JSON, or not {\"texts\": [string, ...]}"},
         408: {"description": "the body did not arrive within the body timeout"},
@@ -561,10 +567,12 @@ def create_app(predictor: Predictor | OnnxPredictor, *, limits: Limits | None = 
         if fut.cancelled():
             return Response(status_code=499)
         rows = fut.result()
+        threshold = req.min_confidence if req.min_confidence is not None else min_confidence
         out = []
         for row in rows:
             best = max(range(len(row)), key=row.__getitem__)
-            item = {"label": labels[best], "probabilities": {k: round(p, 6) for k, p in zip(labels, row)}}
+            label = labels[best] if threshold is None or row[best] >= threshold else None
+            item = {"label": label, "probabilities": {k: round(p, 6) for k, p in zip(labels, row)}}
             if thresholds is not None:  # multi-label: the set of labels, each with its probability
                 item["labels"] = label_set(labels, row, thresholds)
             out.append(item)
@@ -668,9 +676,11 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, *, device: st
           threads: int | None = None, limits: Limits | None = None, max_batch_texts: int = 256,
           max_wait_ms: float = 2.0, max_queue_texts: int | None = None, timeouts: Timeouts | None = None,
           log_level: str = "info", log: Callable[[str], None] | None = None, backend: str = "torch",
-          precision: str = "fp32") -> None:
+          precision: str = "fp32", calibration: bool = True, min_confidence: float | None = None) -> None:
     """Load the run and serve it until SIGTERM or Ctrl-C (which let the requests in flight finish).
-    backend "onnx": `run_dir` is an export directory (`rnntext export`), run by onnxruntime without torch."""
+    backend "onnx": `run_dir` is an export directory (`rnntext export`), run by onnxruntime without torch.
+    `calibration` False: the raw probabilities, without the run's temperature; `min_confidence`: the
+    default below which a text gets no label."""
     import uvicorn
 
     log = log or (lambda s: print(s, file=sys.stderr))
@@ -678,13 +688,14 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, *, device: st
     if backend == "onnx":
         from ..inference.onnx_predictor import OnnxPredictor
 
-        predictor: Predictor | OnnxPredictor = OnnxPredictor.load(run_dir, threads)
+        predictor: Predictor | OnnxPredictor = OnnxPredictor.load(run_dir, threads, calibration=calibration)
     else:
         from ..inference.predictor import Predictor
 
-        predictor = Predictor.load(run_dir, device, threads, precision)
+        # unset: the threads follow the cores other processes leave free (training/device.py)
+        predictor = Predictor.load(run_dir, device, "auto" if threads is None else threads, precision, calibration)
     app = create_app(predictor, limits=limits, max_batch_texts=max_batch_texts, max_wait_ms=max_wait_ms,
-                     max_queue_texts=max_queue_texts, body_timeout=timeouts.body)
+                     max_queue_texts=max_queue_texts, body_timeout=timeouts.body, min_confidence=min_confidence)
     if not is_loopback(host):
         log(f"warning: listening on {host}: other machines can reach this API, which has no authentication")
     log(f"serving {run_dir} ({len(predictor.labels)} classes) on http://{_url_host(host)}:{port}/  "

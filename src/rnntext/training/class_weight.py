@@ -27,6 +27,8 @@ def class_weights(spec: str | None, labels: Tensor, label_names: list[str],
     or None without one (the loss is then the plain mean, bit for bit as before)."""
     if spec is None:
         return None
+    if labels.dim() != 1:  # multi-hot rows: each label's loss is its own binary one
+        raise ConfigError(f"{flag} is for single-label data, not --multi-label")
     parsed = parse_class_weight(spec)
     if parsed == "balanced":
         counts = torch.bincount(labels.to(torch.long), minlength=len(label_names))

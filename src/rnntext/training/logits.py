@@ -3,7 +3,7 @@ ensemble's mean class probabilities."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -37,14 +37,20 @@ def predict_logits(model: TextClassifier, data: Encoded, device: torch.device, b
 
 def mean_probabilities(members: Iterable[tuple[TextClassifier, Encoded, fast.Forward | None]],
                        shape: tuple[int, int], device: torch.device, batch_size: int | None = 256,
-                       max_tokens: int | None = MAX_BATCH_TOKENS, multi_label: bool = False) -> Tensor:
+                       max_tokens: int | None = MAX_BATCH_TOKENS, multi_label: bool = False,
+                       temperatures: Sequence[float] | None = None) -> Tensor:
     """[texts, classes] mean of the members' class probabilities; each member is (model, the texts
     encoded with its own vocabulary, its kept inference forward or None). `batch_size` None: each
-    model's prediction batch (fast.prediction_batch). `multi_label`: each label's sigmoid, not the softmax."""
+    model's prediction batch (fast.prediction_batch). `multi_label`: each label's sigmoid, not the softmax.
+    `temperatures`: one per member, softmax(logits / T) (training/calibration.py); None: all 1."""
     total, n = torch.zeros(shape), 0
-    for model, enc, forward in members:
+    for k, (model, enc, forward) in enumerate(members):
         size = batch_size or fast.prediction_batch(model, device)
         logits = predict_logits(model, enc, device, size, max_tokens, forward)
-        total += logits.sigmoid() if multi_label else logits.softmax(1)
+        t = temperatures[k] if temperatures else 1.0
+        if multi_label:
+            total += logits.sigmoid()
+        else:  # T == 1: the plain softmax, bit for bit
+            total += (logits if t == 1.0 else logits / t).softmax(1)
         n += 1
     return total / n

@@ -76,6 +76,19 @@ def format_report(report: dict[str, Any]) -> str:
         lines += ["", f"most frequent confusions ({len(names)} classes: too many for a matrix)",
                   f"{'true':<{width}} {'predicted':<{width}} {'count':>8}"]
         lines += [f"{t:<{width}} {p:<{width}} {c:8d}" for t, p, c in report["confusions"]]
+    cal = report.get("calibration")
+    if cal:  # evaluate_run: training/calibration.py
+        t = cal["temperature"]
+        shown = f"{t:.3f}" if isinstance(t, float) else ", ".join(f"{x:.3f}" for x in t)
+        applied = "applied" if cal["applied"] else "not applied: --no-calibration"
+        lines += ["", f"calibration: temperature {shown} ({applied}); ECE ({cal['bins']} bins) "
+                      f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f}, NLL {cal['nll_before']:.4f} -> "
+                      f"{cal['nll_after']:.4f} (raw -> calibrated)"]
+    sel = report.get("selective")
+    if sel:  # evaluate_run with --min-confidence
+        lines.append(f"min confidence {sel['min_confidence']:g}: {sel['answered']} texts labelled "
+                     f"({sel['coverage']:.1%}), {sel['abstained']} abstained; accuracy on the labelled "
+                     f"{sel['accuracy_answered']:.4f}")
     if report.get("skipped"):  # evaluate_run with --skip-bad-rows
         lines += ["", f"skipped {report['skipped']} bad rows in {report.get('file', 'the data')}"]
     if report.get("ensemble"):  # evaluate_run with several run directories

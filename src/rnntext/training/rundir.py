@@ -1,4 +1,5 @@
-"""The run directory: config.json, vocab.json, labels.json, model.safetensors, metrics.json.
+"""The run directory: config.json, vocab.json, labels.json, model.safetensors, metrics.json, and
+calibration.json where a temperature was fitted (training/calibration.py).
 
 Everything is JSON or safetensors, so loading a run executes no code; every file is written
 atomically, so a kill during a save leaves the previous version complete."""
@@ -23,6 +24,7 @@ from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..model import build_model
 from ..model.base import TextClassifier
+from .calibration import CALIBRATION, read_temperature
 
 CONFIG, VOCAB, LABELS = "config.json", "vocab.json", "labels.json"
 WEIGHTS, METRICS = "model.safetensors", "metrics.json"
@@ -44,6 +46,7 @@ class Run:
     vocab: Vocab
     label_names: list[str]
     model: TextClassifier
+    temperature: float = 1.0  # calibration.json's; 1: the raw probabilities (no file, older runs)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -60,7 +63,8 @@ def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
 
 
 def save_run(path: str | Path, config: RunConfig, vocab: Vocab, label_names: list[str],
-             state: dict[str, torch.Tensor], metrics: dict[str, Any] | None = None) -> Path:
+             state: dict[str, torch.Tensor], metrics: dict[str, Any] | None = None,
+             calibration: dict[str, Any] | None = None) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -72,6 +76,10 @@ def save_run(path: str | Path, config: RunConfig, vocab: Vocab, label_names: lis
     atomic_write_json(path / LABELS, label_names)
     if metrics is not None:
         atomic_write_json(path / METRICS, metrics)
+    if calibration is not None:
+        atomic_write_json(path / CALIBRATION, calibration)
+    else:  # a finished run trained over: its temperature is not this model's
+        (path / CALIBRATION).unlink(missing_ok=True)
     atomic_write_json(path / CONFIG, config.to_dict())
     return path
 
@@ -191,7 +199,11 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     if bad is not None:  # a diverged training or a damaged file: it could only predict NaN
         raise CheckpointError(f"tensor {bad} holds NaN or infinite values; this model cannot predict: retrain it",
                               str(path / WEIGHTS))
+    temperature = 1.0
+    if (path / CALIBRATION).exists():
+        temperature = read_temperature(_read_json(path / CALIBRATION, SMALL_FILE_BYTES, "a calibration"),
+                                       str(path / CALIBRATION))
     model = build_model(m)
     model.load_state_dict(state)
     model.to(device).eval()
-    return Run(path, config, vocab, labels, model)
+    return Run(path, config, vocab, labels, model, temperature)
