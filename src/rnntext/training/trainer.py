@@ -32,6 +32,7 @@ from ..model.base import TextClassifier
 from . import checkpoint as ckpt_io
 from . import distributed, stopping
 from . import multilabel as ml
+from .calibration import fit_on_validation
 from .callbacks import Callback, Callbacks
 from .class_weight import class_weights
 from .class_weight import describe as describe_weights
@@ -408,6 +409,11 @@ class Trainer:
             metrics["embeddings"] = self.embeddings.summary()
         if self.class_weight is not None:
             metrics["class_weights"] = dict(zip(p.label_names, self.class_weight.tolist()))
+        calibration = None  # a temperature fitted on validation (rank 0's: it alone writes the run)
+        if self.dist.is_main:
+            calibration = fit_on_validation(self.model, p.valid, self.device, self.cfg.train.max_batch_tokens, self.log)
+        if calibration is not None:
+            metrics["calibration"] = calibration
         thresholds = None
         if p.train.labels.dim() == 2:  # multi-label: each label's threshold, chosen on validation
             thresholds = ml.choose_thresholds(self.model, p.valid, len(p.label_names), self.device,
@@ -424,7 +430,7 @@ class Trainer:
         if self.out_dir is not None and self.dist.is_main:
             if thresholds is not None:  # before save_run, whose config.json (written last) marks a complete run
                 ml.save_thresholds(self.out_dir, p.label_names, thresholds, len(p.valid) if p.valid else 0)
-            save_run(self.out_dir, self.cfg, p.vocab, p.label_names, self.best_state, metrics)
+            save_run(self.out_dir, self.cfg, p.vocab, p.label_names, self.best_state, metrics, calibration)
             self.log(f"saved run to {self.out_dir}")
             if ckpt_io.has_checkpoint(self.out_dir):
                 ckpt_io.mark_finished(self.out_dir, self.make_checkpoint())
