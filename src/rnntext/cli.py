@@ -34,6 +34,7 @@ from .config import (
     kinds,
     load_run_config,
 )
+from .cores import apply_wait_policy
 from .errors import ConfigError, RnnTextError, TrainingInterrupted
 from .model.registry import model_names
 from .presets import PRESETS, preset_config
@@ -443,7 +444,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report = evaluate_export(args.run_dir[0], train.get("threads"), run.calibration, run.min_confidence,
                                  **{name: data.get(name) for name in EVALUATE_DATA})
     else:  # unset options keep what the run was trained with (its test file, columns, AG News directory)
-        report = evaluate_run(args.run_dir, device=train.get("device", "auto"), threads=train.get("threads"),
+        report = evaluate_run(args.run_dir, device=train.get("device", "auto"), threads=train.get("threads") or "auto",
                               precision=run.precision, calibration=run.calibration, min_confidence=run.min_confidence,
                               **{name: data.get(name) for name in EVALUATE_DATA})
     print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -511,8 +512,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         from .inference.predictor import Predictor
 
-        predictor = Predictor.load([args.run_dir, *args.ensemble], train.get("device", "auto"), train.get("threads"),
-                                   run.precision, run.calibration)
+        predictor = Predictor.load([args.run_dir, *args.ensemble], train.get("device", "auto"),
+                                   train.get("threads") or "auto", run.precision, run.calibration)
     if args.output or _is_table(args.file):  # a table in, or a table out: rnntext.inference.table_predict
         return _predict_table(args, predictor, lambda texts: predictor.predict(texts,
                                                                                min_confidence=run.min_confidence))
@@ -606,7 +607,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
     train = given(args, TrainConfig)
-    predictor = Predictor.load([args.run_dir, *args.ensemble], train.get("device", "auto"), train.get("threads"))
+    predictor = Predictor.load([args.run_dir, *args.ensemble], train.get("device", "auto"),
+                               train.get("threads") or "auto")
     if args.label is not None and args.label not in predictor.labels:
         raise ConfigError(f"--label {args.label!r} is not a class of this model: {', '.join(predictor.labels)}")
     texts = _read_texts(args)
@@ -739,6 +741,7 @@ def _ignore_sigint() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    apply_wait_policy()  # libgomp reads it once, when torch loads it: before any command imports torch
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse gives `predict RUN --json "text"`'s texts no home once an option followed RUN: take them here.

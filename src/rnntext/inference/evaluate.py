@@ -52,7 +52,7 @@ def evaluation_data(trained: DataConfig, *, test: str | None = None, dataset: st
 
 
 def evaluate_run(run_dir: str | Path | Sequence[str | Path], data: DataConfig | None = None, device: str = "auto",
-                 threads: int | None = None, precision: str = "fp32", calibration: bool = True,
+                 threads: int | str | None = None, precision: str = "fp32", calibration: bool = True,
                  min_confidence: float | None = None, **options: Any) -> dict[str, Any]:
     """Metrics of the run in `run_dir` on `data`'s test set, by default the one it was trained with;
     `options` (test, dataset, data_dir, text_columns, label_column, skip_bad_rows, quoting) change it as in

@@ -74,8 +74,10 @@ class Predictor:
 
     @classmethod
     def load(cls, run_dir: str | Path | Sequence[str | Path], device: str = "auto",
-             threads: int | None = None, precision: str = "fp32", calibration: bool = True) -> Predictor:
-        if threads is not None:  # otherwise leave the process's setting alone (a library must not change it)
+             threads: int | str | None = None, precision: str = "fp32", calibration: bool = True) -> Predictor:
+        # N threads, or "auto" (as many as the cores other processes leave free, followed batch by batch:
+        # training/device.py); None leaves the process's setting alone (a library must not change it)
+        if threads is not None:
             set_threads(threads)
         dev = resolve_device(device)
         dirs: list[str | Path] = []
@@ -164,7 +166,7 @@ class Predictor:
         return explain(self, texts, label, method, steps or DEFAULT_STEPS)
 
 
-def load(run_dir: str | Path | Sequence[str | Path], device: str = "auto", threads: int | None = None,
+def load(run_dir: str | Path | Sequence[str | Path], device: str = "auto", threads: int | str | None = None,
          precision: str = "fp32", calibration: bool = True) -> Predictor:
     """A trained model ready to predict, from the run directory `rnntext train --out` wrote; given
     several run directories, their ensemble. `calibration` False: the raw probabilities, without the

@@ -1,11 +1,17 @@
-"""Where a model runs: the device (auto: CUDA when present) and the CPU threads."""
+"""Where a model runs: the device (auto: CUDA when present) and the CPU threads.
+
+Threads: `set_threads(N)` fixes N; `set_threads("auto")` lets the count follow the cores that other
+processes leave free (rnntext.cores): chosen now, and looked at again by `adapt_threads()`, which the
+training loop and the prediction loop call between batches (cheap: a clock read, and once a second a
+read of /proc/stat)."""
 
 from __future__ import annotations
 
-import os
+import time
 
 import torch
 
+from .. import cores
 from ..errors import ConfigError
 
 
@@ -23,7 +29,60 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def set_threads(threads: int | None) -> None:
-    if threads is not None and threads < 1:
+class AutoThreads:
+    """The thread count of a process that shares its cores: from the free cores, updated at most once per
+    RECHECK_SECONDS, over the window since the last look (this process's own CPU time left out)."""
+
+    def __init__(self, sampler: cores.Sampler | None = None, usable: int | None = None):
+        """`sampler` and `usable` (the cores this process can use): this machine's unless given (tests)."""
+        self.sampler = sampler or cores.Sampler()
+        self.cores = usable or cores.machine_cores()
+        self.last = self.sampler.sample()
+        self.threads = cores.first_guess(self.cores, self.sampler.online,
+                                         self.last.procs_running if self.last else None)
+        self.changes = 0
+        torch.set_num_threads(self.threads)
+
+    def update(self, now: float | None = None) -> int:
+        """Look again when RECHECK_SECONDS have passed; the thread count, changed if the free cores did."""
+        now = time.monotonic() if now is None else now
+        if self.last is None or now - self.last.wall < cores.RECHECK_SECONDS:
+            return self.threads
+        sample = self.sampler.sample()
+        if sample is None:
+            return self.threads
+        threads = cores.choose_threads(self.cores, cores.others_load(self.last, sample), self.threads)
+        self.last = sample
+        if threads != self.threads:
+            self.threads, self.changes = threads, self.changes + 1
+            torch.set_num_threads(threads)
+        return threads
+
+
+AUTO = "auto"
+_auto: AutoThreads | None = None
+
+
+def set_threads(threads: int | str) -> None:
+    """N: exactly N intra-op threads; "auto": as many as the cores other processes leave free, followed
+    as it runs (adapt_threads)."""
+    global _auto
+    if threads == AUTO:
+        _auto = AutoThreads()
+        return
+    if not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    _auto = None
+    torch.set_num_threads(threads)
+
+
+def adapt_threads() -> None:
+    """Between batches: follow the free cores, when the thread count is automatic (set_threads("auto")).
+    torch's thread count is per calling thread (OpenMP's), so the thread that runs the model calls this."""
+    if _auto is not None:
+        _auto.update()
+
+
+def auto_threads() -> AutoThreads | None:
+    """The automatic thread count's state, or None when the count is fixed (or left to torch)."""
+    return _auto

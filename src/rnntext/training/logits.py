@@ -12,6 +12,7 @@ from .. import fast
 from ..config import MAX_BATCH_TOKENS
 from ..data import Encoded, eval_batches, make_batch
 from ..model.base import TextClassifier
+from .device import adapt_threads
 
 
 @torch.inference_mode()
@@ -31,6 +32,7 @@ def predict_logits(model: TextClassifier, data: Encoded, device: torch.device, b
     for idx in eval_batches(data.lengths, batch_size, max_tokens):
         b = make_batch(data, idx, flat).to(device)
         out[idx] = run(b.tokens, b.lengths, b.offsets).float().cpu()
+        adapt_threads()  # on the thread that runs the model: its threads follow the cores others leave free
     model.train(was_training)
     return out
 

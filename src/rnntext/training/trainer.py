@@ -36,7 +36,7 @@ from .calibration import fit_on_validation
 from .callbacks import Callback, Callbacks
 from .class_weight import class_weights
 from .class_weight import describe as describe_weights
-from .device import resolve_device, set_threads
+from .device import AUTO, adapt_threads, resolve_device, set_threads
 from .logits import predict_logits
 from .metrics import classification_report
 from .rundir import save_run, state_to_cpu
@@ -116,7 +116,8 @@ class Trainer:
         self.out_dir = out_dir
         self.progress = progress
         self.t_start = time.perf_counter()
-        set_threads(cfg.train.threads or distributed.threads_per_rank())
+        # unset: one process follows the cores others leave free (training/device.py); ranks share them evenly
+        set_threads(cfg.train.threads or (distributed.threads_per_rank() if distributed.launched() else AUTO))
         self.dist = distributed.setup(resolve_device(cfg.train.device), cfg.train.dist_timeout)
         self.device = self.dist.device
         if not self.dist.is_main:  # one progress bar and one log: rank 0's
@@ -233,6 +234,7 @@ class Trainer:
             stream = fast.look_ahead(self.optimizer, self._batches(batches, self.step))
             for step, batch in enumerate(stream, start=self.step):
                 loss, ok, n = self.train_step(batch)
+                adapt_threads()  # between steps: the threads follow the cores other processes leave free
                 self.stop_if_diverged(loss, f"epoch {epoch + 1}, step {step + 1} of {len(batches)}")
                 loss_sum, correct, seen = loss_sum + loss, correct + ok, seen + n
                 if bar is not None:
