@@ -22,6 +22,7 @@ from .config import (
     DataConfig,
     InferenceConfig,
     ModelConfig,
+    PretrainConfig,
     RunConfig,
     ServeConfig,
     Settings,
@@ -41,11 +42,20 @@ from .presets import PRESETS, preset_config
 
 # section -> settings dataclass, for the options generated from them
 SETTINGS: dict[str, type[Settings]] = {k.SECTION: k for k in (
-    DataConfig, ModelConfig, TrainConfig, ServeConfig, VectorOptions, TrackConfig, TuneConfig, InferenceConfig)}
+    DataConfig, ModelConfig, TrainConfig, ServeConfig, VectorOptions, TrackConfig, TuneConfig, InferenceConfig,
+    PretrainConfig)}
 RUN_SECTIONS = ("data", "model", "train")
 # the data settings `evaluate` may change (unset: as the run was trained), and those `vectors` reads its input with
 EVALUATE_DATA = ("dataset", "data_dir", "test", "text_columns", "label_column", "skip_bad_rows", "quoting")
 VECTORS_DATA = ("dataset", "data_dir", "text_columns", "skip_bad_rows", "quoting")
+# the run settings `pretrain` takes (rnntext.training.pretrain): how texts are read and split into words, the
+# encoder, and its training
+PRETRAIN_SETTINGS = {
+    DataConfig: ("text_columns", "skip_bad_rows", "quoting", "tokenizer", "min_freq", "max_vocab", "max_len"),
+    ModelConfig: ("model", "embed_dim", "hidden_dim", "num_layers", "bidirectional", "dropout", "embed_dropout"),
+    TrainConfig: ("epochs", "min_steps", "batch_size", "max_batch_tokens", "lr", "schedule", "weight_decay", "clip",
+                  "seed", "device", "threads", "checkpoint_every", "bucket"),
+}
 COMPARE_OVERRIDES = ("epochs", "epoch_size", "threads", "seed", "device")  # report.compare.OVERRIDABLE (a test)
 
 
@@ -180,6 +190,23 @@ def _add_vectors_command(sub: Any) -> None:
     add_settings(p.add_argument_group("vectors"), VectorOptions)
 
 
+def _add_pretrain_command(sub: Any) -> None:
+    p = sub.add_parser("pretrain", help="pretrain a recurrent encoder as a language model on unlabelled text "
+                                        "(for train --encoder)")
+    p.add_argument("--text", nargs="+", action="extend", metavar="FILE",
+                   help="text files: one text per line (optionally .gz), or CSV/TSV/JSONL with --text-column")
+    for klass, title in ((DataConfig, "data"), (ModelConfig, "encoder"), (TrainConfig, "training")):
+        add_settings(p.add_argument_group(title), klass, PRETRAIN_SETTINGS[klass])
+    add_settings(p.add_argument_group("language model"), PretrainConfig)
+    r = p.add_argument_group("encoder directory")
+    r.add_argument("--out", metavar="ENCODER_DIR", help="the encoder directory to write (vocabulary, weights, "
+                   "metrics, checkpoints)")
+    r.add_argument("--resume", metavar="ENCODER_DIR", help="continue an interrupted pretraining from its last "
+                   "checkpoint, with the settings saved there (no other options)")
+    r.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
 def _add_tune_command(sub: Any) -> None:
     p = sub.add_parser("tune", help="search a run's settings with Optuna; write best.json and a report")
     _add_run_settings(p)
@@ -271,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="int8 weights: onnxruntime's dynamic quantisation")
     p.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")
     _add_vectors_command(sub)
+    _add_pretrain_command(sub)
     _add_tune_command(sub)
     for subparser in sub.choices.values():  # `rnntext train ... --debug` works as well as `rnntext --debug train`
         subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
@@ -539,6 +567,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown(pred: Any) -> str:
+    """A prediction as `predict` prints it: label TAB probability; a multi-label run's: its labels and their
+    probabilities, comma-separated (most probable first), or "(none)" when no label reaches its threshold."""
+    if pred.labels is None and pred.label is None:  # --min-confidence: abstained; the top probability
+        return f"(abstain)\t{max(pred.probabilities.values()):.4f}"
+    if pred.labels is None:
+        return f"{pred.label}\t{pred.probabilities[pred.label]:.4f}"
+    if not pred.labels:
+        return "(none)\t"
+    return ",".join(pred.labels) + "\t" + ",".join(f"{p:.4f}" for p in pred.labels.values())
+
+
 def _is_table(path: str | None) -> bool:
     """Whether `predict --file` names a table (read by its columns) rather than a text file (one text a line)."""
     if path is None:
@@ -587,18 +627,6 @@ def _predict_table(args: argparse.Namespace, predictor: Any, predict: Callable[[
     if skipped:
         print(f"rnntext: skipped {skipped} bad rows in {args.file}", file=sys.stderr)
     return 0
-
-
-def _shown(pred: Any) -> str:
-    """A prediction as `predict` prints it: label TAB probability; a multi-label run's: its labels and their
-    probabilities, comma-separated (most probable first), or "(none)" when no label reaches its threshold."""
-    if pred.labels is None and pred.label is None:  # --min-confidence: abstained; the top probability
-        return f"(abstain)\t{max(pred.probabilities.values()):.4f}"
-    if pred.labels is None:
-        return f"{pred.label}\t{pred.probabilities[pred.label]:.4f}"
-    if not pred.labels:
-        return "(none)\t"
-    return ",".join(pred.labels) + "\t" + ",".join(f"{p:.4f}" for p in pred.labels.values())
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -688,6 +716,46 @@ def cmd_vectors(args: argparse.Namespace) -> int:
 
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    _check_dir_options(args)
+    log = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    if args.resume is not None:
+        extra = sorted(_option(k, v) for k, v in vars(args).items() if "." in k) + (["--text"] if args.text else []) \
+            + (["--out"] if args.out is not None else [])
+        if extra:
+            raise ConfigError("--resume continues with the settings saved in the encoder directory; drop "
+                              + ", ".join(extra))
+        from .training.pretrain import read_manifest, resume_pretrain
+
+        if read_manifest(args.resume).get("finished"):
+            print(f"rnntext: {args.resume} has finished pretraining; nothing to resume", file=sys.stderr)
+            return 0
+        metrics = resume_pretrain(args.resume, progress=not args.quiet, log=log)
+        out = args.resume
+    else:
+        if args.out is None:
+            raise ConfigError("give --out ENCODER_DIR (or --resume ENCODER_DIR to continue one)")
+        if not args.text:
+            raise ConfigError("give --text FILE [FILE ...]: the texts to pretrain on")
+        run = RunConfig()
+        for klass in PRETRAIN_SETTINGS:
+            getattr(run, klass.SECTION).update(given(args, klass), cli_name)
+        run.validate(cli_name)
+        opts = settings_from_args(args, PretrainConfig)
+        opts.text = [os.path.abspath(t) for t in args.text]  # encoder.json names them from any directory
+        from .data.encoder_dir import PretrainSettings
+        from .training.pretrain import pretrain
+
+        metrics = pretrain(PretrainSettings(run, opts), args.out, progress=not args.quiet, log=log)
+        out = args.out
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(f"held-out perplexity {metrics['initial_valid_perplexity']:.1f} -> {metrics['valid_perplexity']:.1f}; "
+              f"encoder: {out} (rnntext train ... --encoder {out})")
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     _check_dir_options(args)
     track = settings_from_args(args, TrackConfig)
@@ -728,7 +796,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "explain": cmd_explain,
-            "compare": cmd_compare, "serve": cmd_serve, "vectors": cmd_vectors,
+            "compare": cmd_compare, "serve": cmd_serve, "vectors": cmd_vectors, "pretrain": cmd_pretrain,
             "tune": cmd_tune, "export": cmd_export}
 
 

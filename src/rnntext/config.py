@@ -707,7 +707,10 @@ class PretrainConfig(Settings):
                            help="a text longer than N tokens is read as pieces of N tokens")
     valid_fraction: float = setting(0.05, gt=0.0, lt=1.0, metavar="X",
                                     help="fraction of the texts held out to report the perplexity each epoch")
-    softmax_samples: int = setting(0, min=0, metavar="N",
+    # the output layer is most of a language model's cost (vocabulary x embedding per word, the recurrent layer
+    # ~6 x hidden^2): on 15k SST-2 phrases (vocabulary 8,258, 2 cores) 1,024 samples trained ~5x more words
+    # per second, and 3 sampled epochs reached a lower held-out perplexity in less time than 1 full one
+    softmax_samples: int = setting(1024, min=0, metavar="N",
                                    help="train with a sampled softmax over each batch's target words and N random "
                                         "words instead of the whole vocabulary (0: the full softmax)")
     tie_weights: bool = setting(True, help="the output layer shares the embedding's weights (Press & Wolf 2017; a "

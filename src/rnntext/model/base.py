@@ -52,3 +52,25 @@ class TextClassifier(nn.Module):
         with torch.no_grad():
             emb.copy_(weight.to(emb.dtype))
         emb.requires_grad_(not freeze)
+
+    def encoder_state(self) -> dict[str, Tensor]:
+        """The weights a language model pretrains (`rnntext pretrain`): the embedding and the encoder, under
+        the model's own names. Only models with a recurrent encoder have one."""
+        raise ValueError(f"a {self.name or type(self).__name__} model has no recurrent encoder to pretrain "
+                         "(--model rnn, lstm or gru)")
+
+    def load_encoder(self, state: dict[str, Tensor]) -> None:
+        """Start the embedding and encoder from `state` (encoder_state() of a pretrained model of the same
+        cell, sizes and vocabulary); the output layer keeps its fresh weights."""
+        own = self.encoder_state()
+        if set(state) != set(own):
+            missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+            raise ValueError(f"the encoder's weights do not fit this model (missing {missing[:3]}, "
+                             f"unexpected {extra[:3]})")
+        for k, v in state.items():
+            if v.shape != own[k].shape:
+                raise ValueError(f"the encoder's {k} is {tuple(v.shape)}, this model's {tuple(own[k].shape)}")
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v.to(own[k].dtype))
+

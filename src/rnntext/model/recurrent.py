@@ -65,6 +65,10 @@ class RecurrentClassifier(TextClassifier):
         features = hidden_dim * self.directions * (2 if pooling == "meanmax" else 1)
         self.fc = nn.Linear(features, num_classes)
 
+    def encoder_state(self) -> dict[str, Tensor]:
+        """The embedding and the recurrent layers (views of the weights: load_encoder copies into them)."""
+        return {k: v for k, v in self.state_dict(keep_vars=True).items() if k.startswith(("embedding.", "layers."))}
+
     def packs_on(self, device: torch.device) -> bool:
         """Whether this model really packs its sequences on `device`."""
         return self.packed and (device.type != "cpu" or self.pack_on_cpu)

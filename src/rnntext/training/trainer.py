@@ -126,6 +126,10 @@ class Trainer:
         self.callbacks = Callbacks(callbacks if self.dist.is_main else ())  # training/callbacks.py: rank 0's
 
         # --- data: read, tokenise and encode once
+        if cfg.data.encoder:  # before the data are read: an encoder of other sizes is said at once
+            from .pretrain import check_encoder
+
+            check_encoder(cfg)
         if prepared is None:
             prepared = prepare(cfg.data, seed=cfg.train.seed, progress=progress)
         self.data = p = prepared
@@ -147,6 +151,10 @@ class Trainer:
         self.model = build_model(cfg.model).to(self.device)
         if self.embeddings is not None:  # before DDP wraps the model: it must see frozen weights as such
             self.model.load_embeddings(torch.from_numpy(self.embeddings.weight), cfg.model.freeze_embeddings)
+        if cfg.data.encoder:  # `rnntext pretrain`'s encoder (prepare() took its vocabulary)
+            from .pretrain import start_from_encoder
+
+            start_from_encoder(self.model, cfg, p.vocab, self.log)
         self.train_module = self.dist.wrap(self.model)  # DDP when distributed; self.model stays unprefixed
         distributed.seed_rank(cfg.train.seed, self.dist)
         self.flat = self.model.batch_layout == "flat"
