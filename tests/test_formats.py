@@ -301,6 +301,13 @@ def test_predict_table_bad_rows_and_stdout(table_run: Path, tmp_path: Path) -> N
     assert labels == [p.label for p in Predictor.load(table_run).predict(df["text"].drop(3).tolist())]
     proc = _predict_cli(str(table_run), "--file", str(tmp_path / "in.parquet"), "--text-column", "body")
     assert proc.returncode == 2 and "no column named 'body'" in proc.stderr and "Traceback" not in proc.stderr
+    # an output predicted again would hold two columns of one name: said in one line, nothing written
+    proc = _predict_cli(str(table_run), "--file", str(output), "--output", str(tmp_path / "again.csv"), "-q")
+    assert (proc.returncode, proc.stderr.strip()) == (2, f"rnntext: error: {output}: already has columns named "
+                                                          "'prediction.label', 'prediction.probabilities.mid', "
+                                                          "'prediction.probabilities.neg', ..., as the prediction's "
+                                                          "would be; rename them, or predict a file without them")
+    assert not (tmp_path / "again.csv").exists() and not list(tmp_path.glob(".again.csv.*"))
     # texts given as arguments, written as a table of one column
     proc = _predict_cli(str(table_run), "good great", "bad awful", "--output", str(tmp_path / "args.jsonl"), "-q")
     assert [json.loads(x)["text"] for x in (tmp_path / "args.jsonl").read_text().splitlines()] == ["good great",

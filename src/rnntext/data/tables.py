@@ -276,7 +276,7 @@ class TableWriter:
                 first = list(records[0]) if records else (list(self.input_schema.names) if self.input_schema else [])
                 clash = [c for c in extra if c in first]
                 if clash:
-                    raise ConfigError(f"the input already has columns named {', '.join(map(repr, clash))}")
+                    raise _clash(self.source, clash)
                 self.columns = first + list(extra)
                 self._csv.writerow(self.columns)
             inputs = [c for c in self.columns if c not in extra]
@@ -295,7 +295,7 @@ class TableWriter:
             base = chunk.batch.schema if chunk.batch is not None else pa.Table.from_pylist(chunk.to_records()).schema
             clash = [c for c in extra if c in base.names]
             if clash:
-                raise ConfigError(f"the input already has columns named {', '.join(map(repr, clash))}")
+                raise _clash(self.source, clash)
             fields = list(base)
             for name, values in extra.items():
                 fields.append(pa.field(name, _arrow_type(pa, values)))
@@ -346,6 +346,12 @@ class TableWriter:
                 os.unlink(self.tmp)
             except FileNotFoundError:
                 pass
+
+
+def _clash(source: str, columns: list[str]) -> ConfigError:
+    return ConfigError(f"{source or 'the input'}: already has columns named {', '.join(map(repr, columns[:3]))}"
+                       + (", ..." if len(columns) > 3 else "") + ", as the prediction's would be; rename them, or "
+                       "predict a file without them")
 
 
 def _arrow_value(v: Any) -> Any:
