@@ -284,7 +284,37 @@ def test_the_server_and_its_page_return_the_set_with_each_probability(run: Path)
         page = httpx.get(url, timeout=30).text
     assert got == want
     assert set(got[0]["labels"]) == {"politics", "sports"} and set(got[1]["labels"]) == {"science"}
-    assert "prediction.labels" in page  # the page shows the set (tests/test_webpage.py drives a browser)
+    assert "prediction.labels" in page  # the page shows the set: test_the_web_page_shows_the_set drives a browser
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="chromium is not installed (see test_webpage.py)")
+def test_the_web_page_shows_the_set_with_each_probability(run: Path, tmp_path: Path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    want = Predictor.load(run, device="cpu").predict(["the goal of a vote"])[0]
+    assert want.labels is not None and set(want.labels) == {"politics", "sports"}
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    with live_server(run) as url:
+        driver = webdriver.Chrome(options=options, service=Service(executable_path="/usr/bin/chromedriver"))
+        try:
+            driver.set_page_load_timeout(30)
+            driver.get(url + "/")
+            driver.find_element(By.ID, "text").send_keys("the goal of a vote")
+            driver.find_element(By.ID, "go").click()
+            WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "label").text)
+            shown = driver.find_element(By.ID, "label").text
+            best = {r.get_attribute("data-label") for r in driver.find_elements(By.CSS_SELECTOR, "#bars .row.best")}
+        finally:
+            driver.quit()
+    assert shown == ", ".join(f"{n} ({100 * p:.1f}%)" for n, p in want.labels.items())
+    assert best == set(want.labels)
 
 
 # --- every model, ensembles, resume, two processes ------------------------------------------------------------
