@@ -41,7 +41,7 @@ DEFAULTS = {
              "token_store": None, "quoting": "csv", "tokenizer": "basic_english", "ngrams": 1, "min_freq": 2,
              "max_vocab": None,
              "max_len": 4096, "embeddings": None, "embeddings_lowercase": True, "vocab_from_embeddings": False,
-             "vocab_from_embeddings_max": 50_000},
+             "vocab_from_embeddings_max": 50_000, "encoder": None},
     "model": {"model": "gru", "embed_dim": 128, "hidden_dim": 128, "num_layers": 1, "bidirectional": True,
               "dropout": 0.3, "embed_dropout": 0.3, "pooling": "meanmax", "packed": False, "pack_on_cpu": False,
               "vocab_size": 0, "num_classes": 0, "padding_idx": 0, "freeze_embeddings": False},
