@@ -132,3 +132,35 @@ def test_class_weights_reach_the_training_loss(write_data: Callable[..., Path], 
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["class_weights"]
     assert saved == pytest.approx({"neg": 200 / 20, "pos": 200 / 380})
     assert result.metrics["class_weights"] == saved
+
+
+# --- the benchmark ---------------------------------------------------------------------------------------------
+
+
+def test_imbalance_benchmark_writes_its_tables(shared_data_dir: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    if not (shared_data_dir / "sst2" / "train.csv.gz").is_file():
+        pytest.skip("SST-2 not in the shared data")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    monkeypatch.setenv("RNNTEXT_BENCH_RESULTS", str(tmp_path))
+    import imbalance
+
+    imbalance.main(["--sst2", str(shared_data_dir / "sst2"), "--majority", "400", "--seeds", "1", "--epochs", "1",
+                    "--threads", "1"])
+    out = json.loads((tmp_path / "imbalance.json").read_text())
+    assert out["data"]["train"] == {"positive": 400, "negative": 20}  # 20:1
+    assert out["data"]["test_imbalanced"] == {"positive": 909, "negative": 45}
+    assert [r["config"] for r in out["runs"]] == list(imbalance.configurations())
+    weighted = next(r for r in out["runs"] if r["config"] == "class-weight balanced")
+    assert weighted["settings"] == {"class_weight": "balanced"}
+    for r in out["runs"]:
+        for test in ("test", "test_imbalanced"):
+            assert 0.0 <= r[test]["macro_f1"] <= 1.0 and 0.0 <= r[test]["minority_recall"] <= 1.0
+    md = (tmp_path / "imbalance.md").read_text()
+    assert "| class-weight balanced | 1 |" in md and "minority recall" in md
+
+
+def test_class_weight_with_multi_label_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--train", "sets.jsonl", "--multi-label", "--class-weight", "balanced"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--class-weight" in err and "--multi-label" in err, err

@@ -82,8 +82,11 @@ def _ensemble_test(results: list[TrainResult]) -> dict[str, Any]:
             raise ConfigError("ensemble members disagree on the labels of the test set")
     device = next(results[0].model.parameters()).device
     multi_label = first.test.labels.dim() == 2  # the mean of the sigmoids, at the mean of the members' thresholds
+    # each member's own temperature (training/calibration.py), as the Predictor applies them to the ensemble
+    temperatures = [r.metrics.get("calibration", {}).get("temperature", 1.0) for r in results]
     probs = mean_probabilities(((r.model, r.prepared.test, None) for r in results),
-                               (len(first.test), len(first.label_names)), device, multi_label=multi_label)
+                               (len(first.test), len(first.label_names)), device, multi_label=multi_label,
+                               temperatures=None if multi_label else temperatures)
     if multi_label:
         each = [[r.metrics["thresholds"][name] for name in first.label_names] for r in results]
         thresholds = [sum(t) / len(t) for t in zip(*each)]
