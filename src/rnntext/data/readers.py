@@ -282,13 +282,14 @@ def rows_of_cells(rows: Rows, cells: Mapping[str, Sequence[Any]], first_row: int
     `first_row`); a bad row (null text, bad label) is a DataError naming the row, or skipped and counted."""
     texts = [cells[c] for c in text_columns]
     for i, value in enumerate(cells[label_column]):
-        problem, label = label_problem(value, label_separator)
         parts = [column[i] for column in texts]
-        if problem is None:
-            if any(p is None or (isinstance(p, float) and math.isnan(p)) for p in parts):
-                problem = "the text is null" if len(parts) == 1 else "a text column is null"
-            elif not all(isinstance(p, (str, int, float)) and not isinstance(p, bool) for p in parts):
-                problem = "text must be a string"
+        problem, label = None, ""
+        if any(p is None or (isinstance(p, float) and math.isnan(p)) for p in parts):
+            problem = "the text is null" if len(parts) == 1 else "a text column is null"
+        elif not all(isinstance(p, (str, int, float)) and not isinstance(p, bool) for p in parts):
+            problem = "text must be a string"
+        else:
+            problem, label = label_problem(value, label_separator)
         if problem is not None:
             if not skip_bad_rows:
                 raise DataError(problem + SKIP_HINT, rows.path, first_row + i)
