@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pd = pytest.importorskip("pandas")
 pa = pytest.importorskip("pyarrow")
@@ -372,3 +374,41 @@ def test_multi_label_lists_in_parquet_and_a_dataframe(tmp_path: Path) -> None:
     expected = Predictor.load(tmp_path / "run").predict(df["text"].tolist())
     assert [dict(x) for x in table["prediction.labels"].to_pylist()] == [p.labels for p in expected]
     assert table["label"].to_pylist() == df["label"].tolist()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.one_of(st.none(), st.text(max_size=12)), st.one_of(st.none(), st.sampled_from(
+    ["a", "b", " ", ""]), st.integers(-3, 3))), min_size=1, max_size=40), st.integers(1, 9))
+def test_parquet_and_dataframe_rows_are_the_good_ones_or_the_first_bad_one_is_named(
+        tmp_path: Path, cells: list[tuple[str | None, object]], chunk: int) -> None:
+    """Random texts and labels (nulls, blank labels, integers): with skip_bad_rows the rows read are exactly
+    the good ones, in order, however they are chunked; without, the error names the first bad row (from 1
+    in a Parquet file, from 0 in a DataFrame)."""
+    from rnntext.data.memory import given_data
+
+    path = tmp_path / "p.parquet"
+    labels = [lab if lab is None or isinstance(lab, str) else str(lab) for _, lab in cells]  # one column type
+    pq.write_table(pa.table({"text": pa.array([t for t, _ in cells], pa.string()),
+                             "label": pa.array(labels, pa.string())}), path)
+    good = [i for i, (t, lab) in enumerate(zip([t for t, _ in cells], labels)) if t is not None and lab is not None
+            and lab.strip()]
+    df = pd.DataFrame({"text": [t for t, _ in cells], "label": labels})
+    cfg, scope = given_data(_cfg(), train=df)
+    with scope:
+        for source, first in ((str(path), 1), (cfg.data.train, 0)):
+            if not good:
+                with pytest.raises(DataError, match=r"no data rows \(\d+ bad rows skipped\)"):
+                    list(iter_rows(source, ["text"], "label", skip_bad_rows=True, chunk_rows=chunk))
+            else:
+                chunks = list(iter_rows(source, ["text"], "label", skip_bad_rows=True, chunk_rows=chunk))
+                assert sum((c.texts for c in chunks), []) == [cells[i][0] for i in good]
+                assert sum((c.labels for c in chunks), []) == [labels[i].strip() for i in good]
+                assert sum(c.skipped for c in chunks) == len(cells) - len(good)
+                assert all(len(c) <= chunk for c in chunks)
+            bad = [i for i in range(len(cells)) if i not in good]
+            if bad:
+                with pytest.raises(DataError) as e:
+                    read_rows(source, ["text"], "label")
+                assert e.value.line == bad[0] + first and "\n" not in str(e.value)
+            else:
+                assert len(read_rows(source, ["text"], "label")) == len(cells)
