@@ -85,6 +85,8 @@ def run(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path
                            "--embed-dim", "32", "--hidden-dim", "32", "--threads", "1", "--device", "cpu", "-q",
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("test micro-F1 ") and ", subset accuracy " in done.stdout
+    assert ", micro-F1 " in done.stderr  # the log's test line
     return out
 
 

@@ -419,7 +419,9 @@ def _print_result(result: Any, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.metrics, indent=2))
     elif "test" in result.metrics:
-        print(f"test accuracy {result.metrics['test']['accuracy']:.4f}")
+        test = result.metrics["test"]
+        print(f"test micro-F1 {test['micro_f1']:.4f}, subset accuracy {test['accuracy']:.4f}" if test.get("multi_label")
+              else f"test accuracy {test['accuracy']:.4f}")
     return 0
 
 

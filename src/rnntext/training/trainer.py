@@ -433,7 +433,8 @@ class Trainer:
             metrics["test"] = evaluate_encoded(self.model, p.test, p.label_names, self.device, self.dist,
                                                self.cfg.train.max_batch_tokens, thresholds)
             self.log(f"test accuracy {metrics['test']['accuracy']:.4f} (best epoch {self.best_epoch}), "
-                     f"macro-F1 {metrics['test']['macro_f1']:.4f}")
+                     f"macro-F1 {metrics['test']['macro_f1']:.4f}" + (  # multi-label: accuracy of whole sets
+                         f", micro-F1 {metrics['test']['micro_f1']:.4f}" if thresholds is not None else ""))
         metrics["total_seconds"] = time.perf_counter() - self.t_start
         if self.dist.active:
             metrics["processes"] = self.dist.world_size
