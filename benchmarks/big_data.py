@@ -129,6 +129,7 @@ def worker(stage: str, train: str, store: str | None, steps: int, threads: int) 
         out.update(steps=len(order), seconds=row["seconds"], rows_per_second=row["rows_per_second"],
                    train_loss=row["train_loss"], train_rows=len(trainer.data.train))
     out["peak_rss_mb"] = peak_rss_mb()
+    out["load_average"] = [round(x, 1) for x in os.getloadavg()]  # the machine is shared: how busy it was
     return out
 
 

@@ -21,7 +21,7 @@ from rnntext.cli import main
 from rnntext.config import DataConfig
 from rnntext.data import store
 from rnntext.data.dataset import prepare
-from rnntext.errors import DataError
+from rnntext.errors import ConfigError, DataError
 from rnntext.training.trainer import Trainer
 
 SRC = Path(__file__).resolve().parent.parent / "src"
@@ -112,14 +112,13 @@ def test_a_store_is_reused_until_its_file_or_settings_change(tmp_path: Path) -> 
     train = write_csv(tmp_path / "train.csv", 300)
     logs: list[str] = []
     cfg = DataConfig(train=str(train), token_store=str(tmp_path / "store"))
-    first = store.prepare_store(cfg, log=logs.append)
-    again = store.prepare_store(cfg, log=logs.append)
+    first = prepare(cfg, log=logs.append)
+    again = prepare(cfg, log=logs.append)
     assert [line.split()[2] for line in logs] == ["built", "reusing"]
     assert torch.equal(first.train.tokens, again.train.tokens)
-    store.prepare_store(DataConfig(train=str(train), token_store=str(tmp_path / "store"), min_freq=1),
-                        log=logs.append)
+    prepare(DataConfig(train=str(train), token_store=str(tmp_path / "store"), min_freq=1), log=logs.append)
     write_csv(train, 310)
-    store.prepare_store(cfg, log=logs.append)
+    prepare(cfg, log=logs.append)
     assert [line.split()[2] for line in logs] == ["built", "reusing", "built", "built"]
 
 
@@ -134,6 +133,7 @@ def test_bad_rows_are_one_line_errors_naming_file_and_line(tmp_path: Path, capsy
     assert main(args) != 0
     err = capsys.readouterr().err.strip()
     assert err == f"rnntext: error: {train}:302: expected 3 columns, found 4 (use --skip-bad-rows to skip such rows)"
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [".lock"]  # no scratch, no half a store
     # a test file's label that training never saw: its line
     test = write_csv(tmp_path / "test.csv", 150, labels=("pos", "neg", "other"))
     clean = write_csv(tmp_path / "clean.csv", 300)
@@ -152,11 +152,11 @@ _RANK_SCRIPT = """
 import json, sys
 from test_store import mapped_file
 from rnntext.config import RunConfig
-from rnntext.data.store import prepare_store
+from rnntext.data.dataset import prepare
 from rnntext.training.trainer import Trainer
 cfg = RunConfig.from_dict(json.loads(sys.argv[1]))
 logs = []
-prepared = prepare_store(cfg.data, seed=cfg.train.seed, log=logs.append)
+prepared = prepare(cfg.data, seed=cfg.train.seed, progress=False, log=logs.append)
 trainer = Trainer(cfg, prepared=prepared, progress=False, log=lambda s: None)
 order = trainer.epoch_order(0)
 rows = sorted(int(i) for batch in order for i in batch)
@@ -192,3 +192,17 @@ def test_distributed_ranks_share_one_store_and_train_on_disjoint_shards(tmp_path
     assert not a & b  # each rank reads its own rows
     assert results[0]["steps"] == results[1]["steps"]  # as many batches each (never a rank left waiting)
     assert a | b <= set(range(n_train)) and len(a | b) >= n_train - 32  # all rows but an odd batch out
+
+
+def test_parquet_streams_into_the_store_and_multi_label_is_refused(tmp_path: Path, small_chunks: int) -> None:
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    csv_path = write_csv(tmp_path / "train.csv", 400)
+    pd.read_csv(csv_path, keep_default_na=False).to_parquet(tmp_path / "train.parquet", row_group_size=50)
+    memory = prepare(DataConfig(train=str(csv_path)), progress=False)
+    stored = prepare(DataConfig(train=str(tmp_path / "train.parquet"), token_store=str(tmp_path / "store")),
+                     progress=False)
+    assert stored.vocab.itos == memory.vocab.itos
+    assert_same_encoded(memory.train, stored.train)
+    with pytest.raises(ConfigError, match="--token-store does not take --multi-label"):
+        prepare(DataConfig(train=str(csv_path), multi_label=True, token_store=str(tmp_path / "s2")), progress=False)

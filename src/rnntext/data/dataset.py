@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
 from torch import Tensor
@@ -144,11 +144,13 @@ def load_splits(cfg: DataConfig, seed: int = 0, progress: bool = True) -> Splits
     return Splits(train, valid, test, label_names)
 
 
-def prepare(cfg: DataConfig, seed: int = 0, progress: bool = True) -> Prepared:
+def prepare(cfg: DataConfig, seed: int = 0, progress: bool = True,
+            log: Callable[[str], None] | None = None) -> Prepared:
+    """`log`: where the token store says what it did (default: stderr, when `progress`)."""
     if cfg.token_store:  # streamed through memory-mapped files: the same result (data/store.py)
         from .store import prepare_store
 
-        return prepare_store(cfg, seed, progress)
+        return Prepared(*prepare_store(cfg, seed, progress, log, _label_order))
     t0 = time.perf_counter()
     splits = load_splits(cfg, seed, progress)
     tokenizer = Tokenizer(cfg.tokenizer, cfg.ngrams, cfg.max_len)

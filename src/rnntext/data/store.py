@@ -36,7 +36,7 @@ import shutil
 import struct
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ from .tokenizer import TOKENIZERS, Tokenizer
 from .vocab import UNK_ID, Vocab
 
 STORE_FORMAT = 1
-CHUNK_ROWS = 16_384  # rows read, tokenised and written at a time (their token lists: ~40 MB of AG News's)
+CHUNK_ROWS = 16_384  # rows read, tokenised and written at a time: memory holds one chunk's texts and tokens
 SPLITS = ("train", "valid", "test")
 _HEADER_BYTES = 256  # a safetensors header (JSON, space-padded) for one array fits in this
 _DTYPES = {np.dtype(np.int32): "I32", np.dtype(np.int64): "I64"}
@@ -259,8 +259,8 @@ class _SplitWriter:
         return {"rows": int(lengths.size), "tokens": int(offsets[-1])}
 
 
-def _build(cfg: DataConfig, seed: int, root: Path, key: str, progress: bool, log: Any) -> dict[str, Any]:
-    from .dataset import _label_order
+def _build(cfg: DataConfig, seed: int, root: Path, key: str, progress: bool, log: Callable[[str], None],
+           label_order: Callable[[list[str]], list[str]]) -> dict[str, Any]:
     from .split import stratified_indices
 
     t0 = time.perf_counter()
@@ -313,7 +313,7 @@ def _build(cfg: DataConfig, seed: int, root: Path, key: str, progress: bool, log
     if ag:
         label_names = list(ag_news.CLASSES)
     else:
-        label_names = _label_order(list(label_ids))
+        label_names = label_order(list(label_ids))
         if cfg.label_names is not None:  # in the order given, those that occur in train
             seen = set(label_names)
             label_names = [x for x in cfg.label_names.values() if x in seen]
@@ -469,11 +469,11 @@ def open_split(root: Path, name: str) -> Encoded:
     return Encoded(torch.from_numpy(tokens), torch.from_numpy(offsets), torch.from_numpy(labels))
 
 
-def prepare_store(cfg: DataConfig, seed: int = 0, progress: bool = True, log: Any = None) -> Any:
-    """dataset.prepare() through the token store in cfg.token_store: built there (streamed), or reused when
-    it was built from the same files and settings."""
-    from .dataset import Prepared
-
+def prepare_store(cfg: DataConfig, seed: int, progress: bool, log: Callable[[str], None] | None,
+                  label_order: Callable[[list[str]], list[str]]) -> tuple[Any, ...]:
+    """dataset.prepare() through the token store in cfg.token_store, built there (streamed) or reused when it
+    was built from the same files and settings: the fields of a dataset.Prepared, which calls this (with
+    its class order, `label_order`)."""
     if cfg.multi_label:
         raise ConfigError("--token-store does not take --multi-label yet; leave one of them out")
     if log is None:  # as the progress bars: shown unless quiet (and on rank 0 of a distributed run only)
@@ -491,7 +491,13 @@ def prepare_store(cfg: DataConfig, seed: int = 0, progress: bool = True, log: An
     with _locked(root):
         manifest = _read_manifest(root)
         if manifest is None or manifest.get("key") != key:
-            manifest = _build(cfg, seed, root, key, progress, log)
+            try:
+                manifest = _build(cfg, seed, root, key, progress, log, label_order)
+            except BaseException:  # a bad row, Ctrl-C, a full disk: no scratch left behind (and no manifest)
+                shutil.rmtree(root / ".build", ignore_errors=True)
+                for tmp in root.glob(".*.safetensors.tmp"):
+                    tmp.unlink(missing_ok=True)
+                raise
         else:
             log(f"token store: reusing {root} ({manifest['splits']['train']['rows']:,} training rows)")
     try:
@@ -501,5 +507,5 @@ def prepare_store(cfg: DataConfig, seed: int = 0, progress: bool = True, log: An
                         str(root / "vocab.json")) from None
     parts = {name: open_split(root, name) if name in manifest["splits"] else None for name in SPLITS}
     tokenizer = Tokenizer(cfg.tokenizer, cfg.ngrams, cfg.max_len)
-    return Prepared(tokenizer, vocab, manifest["label_names"], parts["train"], parts["valid"], parts["test"],
-                    dict(manifest["skipped"]), time.perf_counter() - t0)
+    return (tokenizer, vocab, manifest["label_names"], parts["train"], parts["valid"], parts["test"],
+            dict(manifest["skipped"]), time.perf_counter() - t0)
