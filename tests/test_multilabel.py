@@ -116,6 +116,9 @@ def test_a_jsonl_list_and_a_separated_column_give_the_same_sets(tmp_path: Path) 
     ("x.jsonl", '{"text": "a", "label": ["p"]}\n', ["--no-multi-label"],
      "x.jsonl:1: label must be a string or a number, found a list (give --multi-label"),
     ("x.csv", 'text,label\na,p\nb," , "\n', [], "x.csv:3: no label in ',' (split on the label separator ',')"),
+    ("x.csv", 'text,label\na,p\nb,"[\'p\', \'q\']"\n', [],
+     "x.csv:3: the labels \"['p', 'q']\" are a list written as text; write them as one string split by the label "
+     "separator (a,b), or use JSONL"),
     ("x.csv", 'text,label\na,p\nb,p;q\n', ["--label-separator", ";", "--label-names", "p=P"],
      "x.csv:3: label 'q' has no name in --label-names"),
 ])

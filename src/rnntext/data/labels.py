@@ -58,7 +58,10 @@ def read_multilabel(path: str, cfg: DataConfig) -> Rows:
     for i, cell in enumerate(rows.labels):
         found = split_labels(cell, sep)
         problem = None
-        if not found:
+        if len(cell) > 1 and cell[0] == "[" and cell[-1] == "]":  # pandas' to_csv of a list column: "['a', 'b']"
+            problem = (f"the labels {cell[:100]!r} are a list written as text; write them as one string split by "
+                       f"the label separator (a{sep}b), or use JSONL")
+        elif not found:
             problem = f"no label in {cell[:100]!r} (split on the label separator {sep!r})"
         elif names is not None:
             unnamed = [x for x in found if x not in names]
