@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..model.base import TextClassifier
+from ..model.wide import WideClassifier
 from . import adamw, gru
 
 TESTED_TORCH = ((2, 13), (2, 14))  # [from, to): the torch releases the fast paths were tested with
@@ -107,6 +108,12 @@ def inference_forward(model: nn.Module, device: torch.device, precision: str = "
     loop where it applies, else the model itself. What it precomputes from the weights is kept:
     make a new one after the weights change. `precision` "bf16": the GRU loop's recurrence in bfloat16
     (opt-in; elsewhere float32)."""
+    if isinstance(model, WideClassifier):  # the deep part's fastest forward, joined with the wide part
+        deep = inference_forward(model.deep, device, precision)
+        if deep is model.deep:
+            return model
+        return lambda tokens, lengths, offsets=None: model.combine(deep(tokens, lengths, offsets), tokens, lengths,
+                                                                   offsets)
     if enabled() and gru.supports(model, device):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         return gru.GRUInference(model, dtype)  # type: ignore[arg-type]
@@ -116,6 +123,8 @@ def inference_forward(model: nn.Module, device: torch.device, precision: str = "
 def prediction_batch(model: TextClassifier, device: torch.device) -> int:
     """Texts per prediction batch: large for the one-layer GRU loop (it pays there,
     benchmarks/predict.py), the model's own choice otherwise."""
+    if isinstance(model, WideClassifier):
+        return prediction_batch(model.deep, device)
     if enabled() and gru.supports(model, device) and len(model.layers) == 1:  # type: ignore[attr-defined]
         return gru.BATCH
     return model.prediction_batch(device)

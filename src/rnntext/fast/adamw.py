@@ -369,15 +369,17 @@ def _adamw(group: dict, params: list[Tensor], grads: list[Tensor], exp_avgs: lis
 
 
 def use_sparse_embedding(model: nn.Module, device: torch.device, distributed: bool) -> bool:
-    """Switch the model's embedding to sparse gradients where they pay: a CPU, one process
-    (DistributedDataParallel averages dense gradients), and an embedding that is trained."""
-    emb = getattr(model, "embedding", None)
-    if device.type != "cpu" or distributed or emb is None or not hasattr(emb, "sparse"):
+    """Switch the model's lookup tables (its embedding, and a wide part's table: model.tables()) to
+    sparse gradients where they pay: a CPU, one process (DistributedDataParallel averages dense
+    gradients), and a table that is trained. Whether any was switched."""
+    tables = model.tables() if hasattr(model, "tables") else [getattr(model, "embedding", None)]
+    if device.type != "cpu" or distributed:
         return False
-    if not emb.weight.requires_grad:
-        return False
-    emb.sparse = True
-    return True
+    switched = False
+    for emb in tables:
+        if emb is not None and hasattr(emb, "sparse") and emb.weight.requires_grad:
+            emb.sparse = switched = True
+    return switched
 
 
 @torch.no_grad()

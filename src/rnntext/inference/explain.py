@@ -38,6 +38,7 @@ from ..data.tokenizer import Tokenizer, add_ngrams
 from ..data.vocab import PAD_ID, UNK_ID
 from ..errors import ConfigError
 from ..model.base import TextClassifier
+from ..model.wide import WideClassifier, WidePart, join
 
 # The predictor imports this module; explain() receives a Predictor without importing it back.
 Predictor = Any  # rnntext.inference.predictor.Predictor
@@ -104,16 +105,22 @@ class _TableEmbedding(nn.Module):
 
 class _TokenVectors(nn.Module):
     """The model's embedding layer, applied to each token on its own: [N, T] ids -> [N, T, embed].
-    The layer Captum attributes to (its output is replaced along the integration path)."""
+    The layer Captum attributes to (its output is replaced along the integration path). A wide model
+    (model/wide.py): each position's wide n-gram vectors too, after the word vector."""
 
-    def __init__(self, embedding: nn.Module):
+    def __init__(self, embedding: nn.Module, wide: WidePart | None = None):
         super().__init__()
         self.embedding = embedding
+        self.wide = wide
 
     def forward(self, ids: Tensor) -> Tensor:
         if isinstance(self.embedding, nn.EmbeddingBag):  # one bag per token: its own vector
-            return self.embedding(ids.reshape(-1, 1)).view(*ids.shape, -1)
-        return self.embedding(ids)
+            words = self.embedding(ids.reshape(-1, 1)).view(*ids.shape, -1)
+        else:
+            words = self.embedding(ids)
+        if self.wide is None:
+            return words
+        return torch.cat([words, self.wide.position_vectors(ids).to(words.dtype)], dim=2)
 
 
 class _PositionModel(nn.Module):
@@ -124,8 +131,12 @@ class _PositionModel(nn.Module):
     def __init__(self, model: TextClassifier, multi_label: bool = False):
         super().__init__()
         self.multi_label = multi_label  # each label's sigmoid (training/multilabel.py), not the softmax
+        # a wide model: its deep part runs on the word vectors as any model does, its wide part on the
+        # positions' n-gram vectors (both attributed: each n-gram's share goes to each of its words)
+        self.wide = model if isinstance(model, WideClassifier) else None
+        model = model.deep if isinstance(model, WideClassifier) else model
         self.flat = model.batch_layout == "flat"
-        self.vectors = _TokenVectors(model.embedding)
+        self.vectors = _TokenVectors(model.embedding, self.wide.wide if self.wide is not None else None)
         self.lookup = _TableEmbedding(model.embedding)
         clone = copy.copy(model)
         clone.__dict__["_modules"] = dict(model._modules)
@@ -136,7 +147,10 @@ class _PositionModel(nn.Module):
         self.weight = model.embedding.weight
 
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
-        vectors = self.vectors(ids)  # [N, T, E]
+        vectors = self.vectors(ids)  # [N, T, E] (a wide model: [N, T, E + wide dim])
+        wide_vectors = None
+        if self.wide is not None:
+            vectors, wide_vectors = vectors.split([self.weight.shape[1], self.wide.wide.table.embedding_dim], dim=2)
         N, T, E = vectors.shape
         self.lookup.table = torch.cat([self.weight[: self.first].detach().to(vectors.dtype), vectors.reshape(N * T, E)])
         positions = torch.arange(self.first, self.first + N * T, device=ids.device).view(N, T)
@@ -151,6 +165,8 @@ class _PositionModel(nn.Module):
                 logits = self.clone(positions, lengths)
         finally:
             self.lookup.table = None
+        if self.wide is not None and wide_vectors is not None:
+            logits = join(logits, self.wide.wide.from_position_vectors(wide_vectors, lengths), self.wide.join)
         return logits.float().sigmoid() if self.multi_label else logits.float().softmax(-1)
 
 

@@ -36,6 +36,7 @@ from ..model.bag import BagClassifier
 from ..model.base import TextClassifier
 from ..model.cnn import CNNClassifier
 from ..model.recurrent import RecurrentClassifier
+from ..model.wide import HASH_PRIME, WideClassifier, join, ngram_count
 from ..training.rundir import LABELS, VOCAB, Run, load_run
 from .ensemble import member_dirs
 
@@ -46,15 +47,29 @@ FORMATS = ("onnx",)
 
 
 class PaddedProbabilities(nn.Module):
-    """`model` as tokens [B, T], lengths [B] -> class probabilities [B, classes], for export."""
+    """`model` as tokens [B, T], lengths [B] -> class probabilities [B, classes], for export. A wide
+    model (model/wide.py): its deep part so, joined with the wide part's scores."""
 
     def __init__(self, model: TextClassifier):
         super().__init__()
+        self.wide = model if isinstance(model, WideClassifier) else None
+        model = model.deep if isinstance(model, WideClassifier) else model
         self.model = model
         self.bag = isinstance(model, BagClassifier)
         self.widest = max(model.widths) if isinstance(model, CNNClassifier) else 0
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        logits = self.deep_logits(tokens, lengths)
+        if self.wide is not None:
+            # the wide part's mean of n-gram vectors as a gather and a sum (nn.EmbeddingBag does not export)
+            w = self.wide.wide
+            ids = w.ids(tokens, lengths)
+            total = nn.functional.embedding(ids, w.table.weight).sum(1)
+            features = total / ngram_count(lengths, w.ngrams)[:, None].to(total.dtype)
+            logits = join(logits, w.fc(features), self.wide.join)
+        return logits.softmax(1)
+
+    def deep_logits(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         if self.bag:
             # nn.EmbeddingBag(mode="mean", padding_idx=0): the mean over the tokens that are not <pad>
             m = self.model
@@ -70,12 +85,13 @@ class PaddedProbabilities(nn.Module):
                 # length, where no window that is read starts) keeps the graph free of that branch
                 tokens = nn.functional.pad(tokens, (0, self.widest - 1), value=self.model.padding_idx)
             logits = self.model(tokens, lengths)
-        return logits.softmax(1)
+        return logits
 
 
 def exportable(model: TextClassifier) -> PaddedProbabilities:
     """A copy of `model` in eval mode, wrapped for torch.onnx.export (the bag and CNN families)."""
-    if not isinstance(model, (BagClassifier, CNNClassifier)):
+    deep = model.deep if isinstance(model, WideClassifier) else model
+    if not isinstance(deep, (BagClassifier, CNNClassifier)):
         raise ConfigError(f"model {type(model).__name__} cannot be exported to ONNX: rnntext knows how to export "
                           "the rnn, lstm, gru, bag and cnn families")
     return PaddedProbabilities(copy.deepcopy(model).eval().float())
@@ -83,7 +99,8 @@ def exportable(model: TextClassifier) -> PaddedProbabilities:
 
 def export_model(model: TextClassifier, path: str | Path) -> None:
     """`model` as ONNX at `path` (one file, dynamic batch and sequence length)."""
-    if isinstance(model, RecurrentClassifier):
+    if isinstance(model, RecurrentClassifier) or (isinstance(model, WideClassifier)
+                                                  and isinstance(model.deep, RecurrentClassifier)):
         import onnx
 
         onnx.save(recurrent_graph(model), str(path))
@@ -123,7 +140,7 @@ GATES = {"gru": [1, 0, 2], "lstm": [0, 3, 1, 2], "rnn": [0]}
 ONNX_OP = {"gru": "GRU", "lstm": "LSTM", "rnn": "RNN"}
 
 
-def recurrent_graph(model: RecurrentClassifier) -> Any:
+def recurrent_graph(model: RecurrentClassifier | WideClassifier) -> Any:
     """The recurrent classifier as an ONNX graph written op by op. torch.onnx's exporters cannot do it
     (torch 2.13): the TorchScript one gives wrong probabilities, the dynamo one fixes the sequence length of
     every layer after the first at the example's and exports nn.RNN only with a fixed length. ONNX's
@@ -133,7 +150,9 @@ def recurrent_graph(model: RecurrentClassifier) -> Any:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    m = model
+    wide = model if isinstance(model, WideClassifier) else None
+    m = model.deep if isinstance(model, WideClassifier) else model
+    assert isinstance(m, RecurrentClassifier)
     H, D = m.hidden_dim, m.directions
     init: list = []
     nodes: list = []
@@ -204,7 +223,10 @@ def recurrent_graph(model: RecurrentClassifier) -> Any:
         feats = parts[0] if len(parts) == 1 else node("Concat", parts, "features", axis=1)
     logits = node("Gemm", [feats, const("fc_w", weights(m.fc.weight)), const("fc_b", weights(m.fc.bias))], "logits",
                   transB=1)
-    node("Softmax", [logits], "probabilities", axis=1)
+    if wide is None:
+        node("Softmax", [logits], "probabilities", axis=1)
+    else:
+        wide_graph(wide, logits, node, const)
     graph = helper.make_graph(
         nodes, "rnntext", [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "steps"]),
                            helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"])],
@@ -213,6 +235,57 @@ def recurrent_graph(model: RecurrentClassifier) -> Any:
     out.ir_version = min(out.ir_version, 10)
     onnx.checker.check_model(out)
     return out
+
+
+def wide_graph(model: WideClassifier, deep_logits: str, node: Callable[..., str], const: Callable[[str, Any], str]
+               ) -> None:
+    """The wide part's nodes (model/wide.py, op by op: the same integer hash, then a gather and a sum),
+    joined with `deep_logits` into "probabilities"."""
+    import numpy as np
+    from onnx import TensorProto
+
+    w = model.wide
+    i64 = lambda v: np.array(v, dtype=np.int64)  # noqa: E731
+    t_vec = node("Shape", ["tokens"], "w_T", start=1, end=2)  # [1]: T
+    t = node("Squeeze", [t_vec, const("w_axis0", i64([0]))], "w_t")
+    steps = node("Range", [const("w_zero", i64(0)), t, const("w_one", i64(1))], "w_steps")
+    steps = node("Unsqueeze", [steps, "w_axis0"], "w_steps2")  # [1, T]
+    lens = node("Unsqueeze", ["lengths", const("w_axis1", i64([1]))], "w_lens")  # [B, 1]
+    zero = "w_zero"
+    ids = [node("Where", [node("Less", [steps, lens], "w_valid1"), "tokens", zero], "w_ids1")]
+    padded = node("Pad", ["tokens", const("w_pads", i64([0, 0, 0, max(w.ngrams - 1, 0)]))], "w_padded")
+    buckets, prime = const("w_buckets", i64(w.buckets)), const("w_prime", i64(HASH_PRIME))
+    h = None
+    for n in range(2, w.ngrams + 1):
+        end = node("Add", [t_vec, const(f"w_shift{n}", i64([n - 1]))], f"w_end{n}")
+        nxt = node("Slice", [padded, f"w_shift{n}", end, "w_axis1"], f"w_next{n}")
+        if h is None:
+            h = node("Mod", [node("Add", ["tokens", const("w_seed", i64(2 * HASH_PRIME))], "w_seeded"), buckets],
+                     "w_h1")
+        h = node("Mul", [h, prime], f"w_mul{n}")
+        h = node("Add", [node("Add", [h, nxt], f"w_add{n}"), const(f"w_n{n}", i64(n))], f"w_addn{n}")
+        h = node("Mod", [h, buckets], f"w_h{n}")
+        row = node("Add", [h, const(f"w_vocab{n}", i64(w.vocab_size))], f"w_row{n}")
+        valid = node("Less", [steps, node("Sub", [lens, f"w_shift{n}"], f"w_left{n}")], f"w_valid{n}")
+        ids.append(node("Where", [valid, row, zero], f"w_ids{n}"))
+    all_ids = ids[0] if len(ids) == 1 else node("Concat", ids, "w_ids", axis=1)
+    table = const("w_table", w.table.weight.detach().float().cpu().numpy())
+    total = node("ReduceSum", [node("Gather", [table, all_ids], "w_vectors"), "w_axis1"], "w_total", keepdims=0)
+    counts = [node("Max", [node("Sub", ["lengths", const(f"w_less{n}", i64(n - 1))], f"w_len{n}"), zero],
+                   f"w_ngrams{n}") for n in range(1, w.ngrams + 1)]
+    count = counts[0]
+    for n, more in enumerate(counts[1:], start=2):  # (Sum takes no integers)
+        count = node("Add", [count, more], f"w_upto{n}")
+    count = node("Cast", [node("Max", [count, "w_one"], "w_count_min1")], "w_countf", to=TensorProto.FLOAT)
+    features = node("Div", [total, node("Unsqueeze", [count, "w_axis1"], "w_count2")], "w_features")
+    wide_logits = node("Gemm", [features, const("w_fc_w", w.fc.weight.detach().float().cpu().numpy()),
+                                const("w_fc_b", w.fc.bias.detach().float().cpu().numpy())], "w_logits", transB=1)
+    if model.join == "sum":
+        node("Softmax", [node("Add", [deep_logits, wide_logits], "joined")], "probabilities", axis=1)
+    else:  # the mean of the two parts' probabilities
+        both = node("Add", [node("Softmax", [deep_logits], "p_deep", axis=1),
+                            node("Softmax", [wide_logits], "p_wide", axis=1)], "p_both")
+        node("Mul", [both, const("w_half", np.array(0.5, dtype=np.float32))], "probabilities")
 
 
 class _quiet:

@@ -36,6 +36,11 @@ class TextClassifier(nn.Module):
     def forward(self, tokens: Tensor, lengths: Tensor, offsets: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
+    def tables(self) -> list[nn.Module]:
+        """The model's lookup tables (nn.Embedding / nn.EmbeddingBag): on a CPU the optimiser may give
+        them sparse gradients. The word table, and any other (the wide part's, model/wide.py)."""
+        return [self.embedding]
+
     def packs_on(self, device: torch.device) -> bool:
         """Whether the model runs packed sequences on `device` (only recurrent models may)."""
         return False

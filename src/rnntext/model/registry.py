@@ -34,8 +34,13 @@ def model_class(name: str) -> type[TextClassifier]:
 
 
 def build_model(cfg: ModelConfig) -> TextClassifier:
-    """The model `cfg` describes (its vocab_size and num_classes filled in)."""
-    return model_class(cfg.model).from_config(cfg)
+    """The model `cfg` describes (its vocab_size and num_classes filled in); with wide_ngrams, joined
+    with a wide part of hashed word n-grams (wide.py)."""
+    model = model_class(cfg.model).from_config(cfg)
+    if cfg.wide_ngrams:
+        wide = importlib.import_module(f"{__package__}.wide")
+        return wide.WideClassifier.from_config(cfg, deep=model)
+    return model
 
 
 def batch_layout(cfg: ModelConfig) -> str:
