@@ -191,6 +191,12 @@ def test_the_run_directory_records_what_it_was_given(tmp_path: Path) -> None:
     assert rnntext.load(tmp_path / "run").predict(["good great"])[0].label in WORDS
     with pytest.raises(DataError, match=r"^<test: lists\(30 texts and labels\)>: data given from Python"):
         rnntext.evaluate_run(str(tmp_path / "run"))
+    # evaluated on data held in Python: the report of the same rows as a file
+    df.head(30).to_csv(tmp_path / "test.csv", index=False)
+    from_file = rnntext.evaluate_run(str(tmp_path / "run"), test=str(tmp_path / "test.csv"), threads=1)
+    from_frame = rnntext.evaluate_run(str(tmp_path / "run"), test=df.head(30), threads=1)
+    assert from_frame["file"] == "<test: DataFrame(30 rows, columns id, text, label)>"
+    assert {k: v for k, v in from_frame.items() if k != "file"} == {k: v for k, v in from_file.items() if k != "file"}
 
 
 def test_bad_data_from_python_names_the_row(tmp_path: Path) -> None:

@@ -192,6 +192,13 @@ def given_data(cfg: RunConfig, train: Any = None, valid: Any = None,
     return cfg, _registered(sources)
 
 
+def given_one(role: str, obj: Any, data: DataConfig) -> tuple[str, AbstractContextManager[None]]:
+    """(the name of `obj` given as the `role` data, a context within which that name reads it): for one
+    split given alone, such as the test data of `rnntext.evaluate_run(RUN, test=df)`."""
+    src = source_of(obj, role, data)
+    return src.name, _registered({src.name: src})
+
+
 def given_again(cfg: RunConfig, train: Any = None, valid: Any = None,
                 test: Any = None) -> AbstractContextManager[None]:
     """For resuming a run trained from data given in Python: a context within which the names its config

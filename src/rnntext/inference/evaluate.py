@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from ..config import DataConfig
 from ..data import ag_news
 from ..data.dataset import read_labelled
+from ..data.memory import given_one
 from ..data.readers import Rows
 from ..errors import ConfigError, DataError
 from ..training.calibration import calibration_report, selective_report
@@ -56,15 +58,21 @@ def evaluate_run(run_dir: str | Path | Sequence[str | Path], data: DataConfig | 
                  min_confidence: float | None = None, **options: Any) -> dict[str, Any]:
     """Metrics of the run in `run_dir` on `data`'s test set, by default the one it was trained with;
     `options` (test, dataset, data_dir, text_columns, label_column, skip_bad_rows, quoting) change it as in
-    `evaluation_data`. Several run directories are evaluated as an ensemble (mean of their class
+    `evaluation_data`; `test` may also be data held in Python, as `rnntext.train`'s (data/memory.py).
+    Several run directories are evaluated as an ensemble (mean of their class
     probabilities) on the first one's test set. The metrics come from the calibrated probabilities unless
     `calibration` is False; the report's "calibration" gives the ECE and NLL before and after either way.
     `min_confidence` P: also how many texts would get a label and how accurate those are."""
     check_min_confidence(min_confidence)
     predictor = Predictor.load(run_dir, device, threads, precision)
     run = predictor.run
+    given: AbstractContextManager[None] = nullcontext()
+    if options.get("test") is not None and not isinstance(options["test"], (str, Path)):
+        # data held in Python (a DataFrame, a datasets.Dataset, (texts, labels), ...): data/memory.py
+        options["test"], given = given_one("test", options["test"], data or run.config.data)
     data = evaluation_data(data or run.config.data, **options)
-    rows = read_eval_rows(data)
+    with given:
+        rows = read_eval_rows(data)
     if predictor.multi_label:
         report = _multilabel_report(predictor, rows, data.skip_bad_rows)
     else:
