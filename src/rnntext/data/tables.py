@@ -267,7 +267,9 @@ class TableWriter:
         if self.fmt == "jsonl":
             key, values = nested
             for record, value in zip(chunk.to_records(), values):
-                self._text.write(json.dumps({**record, key: value}, ensure_ascii=False, allow_nan=False) + "\n")
+                # default=str: dates, decimals and bytes of a Parquet input, as text
+                self._text.write(json.dumps({**record, key: value}, ensure_ascii=False, allow_nan=False, default=str)
+                                 + "\n")
         elif self.fmt in COLUMNAR:
             self._write_arrow(chunk, extra)
         else:
