@@ -317,13 +317,14 @@ def test_predict_table_bad_rows_and_stdout(table_run: Path, tmp_path: Path) -> N
                                                           "would be; rename them, or predict a file without them")
     assert not (tmp_path / "again.csv").exists() and not list(tmp_path.glob(".again.csv.*"))
     # Parquet's dates and times (no JSON type): written as text in JSONL, kept as they are in Parquet
-    dated = _frame(3).assign(when=pd.Timestamp("2024-01-02"))
+    dated = _frame(3).assign(when=pd.Timestamp("2024-01-02"), score=[0.5, float("nan"), float("inf")])
     dated.to_parquet(tmp_path / "dated.parquet", index=False)
     for name in ("dated.jsonl", "dated2.parquet"):
         assert _predict_cli(str(table_run), "--file", str(tmp_path / "dated.parquet"), "--output",
                             str(tmp_path / name), "-q").returncode == 0
-    assert [json.loads(x)["when"] for x in (tmp_path / "dated.jsonl").read_text().splitlines()] == [
-        "2024-01-02 00:00:00"] * 3
+    written = [json.loads(x) for x in (tmp_path / "dated.jsonl").read_text().splitlines()]
+    assert [(r["when"], r["score"]) for r in written] == [("2024-01-02 00:00:00", 0.5), ("2024-01-02 00:00:00", None),
+                                                          ("2024-01-02 00:00:00", None)]  # JSON has no NaN
     assert pd.read_parquet(tmp_path / "dated2.parquet")["when"].tolist() == dated["when"].tolist()
     # texts given as arguments, written as a table of one column
     proc = _predict_cli(str(table_run), "good great", "bad awful", "--output", str(tmp_path / "args.jsonl"), "-q")

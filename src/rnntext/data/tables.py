@@ -267,9 +267,7 @@ class TableWriter:
         if self.fmt == "jsonl":
             key, values = nested
             for record, value in zip(chunk.to_records(), values):
-                # default=str: dates, decimals and bytes of a Parquet input, as text
-                self._text.write(json.dumps({**record, key: value}, ensure_ascii=False, allow_nan=False, default=str)
-                                 + "\n")
+                self._text.write(_json_line({**record, key: value}) + "\n")
         elif self.fmt in COLUMNAR:
             self._write_arrow(chunk, extra)
         else:
@@ -348,6 +346,25 @@ class TableWriter:
                 os.unlink(self.tmp)
             except FileNotFoundError:
                 pass
+
+
+def _json_line(obj: dict[str, Any]) -> str:
+    """One JSON object: dates, decimals and bytes (of a Parquet input) as text, NaN and infinities (which JSON
+    has not) as null."""
+    try:
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False, default=str)
+    except ValueError:
+        return json.dumps(_finite(obj), ensure_ascii=False, allow_nan=False, default=str)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _clash(source: str, columns: list[str]) -> ConfigError:
