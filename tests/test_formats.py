@@ -316,6 +316,18 @@ def test_predict_table_bad_rows_and_stdout(table_run: Path, tmp_path: Path) -> N
                                                           "'prediction.probabilities.neg', ..., as the prediction's "
                                                           "would be; rename them, or predict a file without them")
     assert not (tmp_path / "again.csv").exists() and not list(tmp_path.glob(".again.csv.*"))
+    # CSV and JSONL tables: the line of a bad row
+    (tmp_path / "bad.csv").write_text("id,text,label\n1,good,pos\n2,bad\n3,fine,pos\n")
+    (tmp_path / "bad.jsonl").write_text('{"id": 1, "text": "good"}\n{"id": 2, "body": "bad"}\n')
+    for name, error in (("bad.csv", "bad.csv:3: expected 3 columns, found 2"),
+                        ("bad.jsonl", "bad.jsonl:2: missing key 'text' (use --text-column)")):
+        proc = _predict_cli(str(table_run), "--file", str(tmp_path / name), "--output", str(tmp_path / "o.csv"), "-q")
+        assert (proc.returncode, proc.stderr.strip()) == (2, f"rnntext: error: {tmp_path}/{error} (use "
+                                                              "--skip-bad-rows to skip such rows)")
+        proc = _predict_cli(str(table_run), "--file", str(tmp_path / name), "--output", str(tmp_path / "o.csv"), "-q",
+                            "--skip-bad-rows")
+        assert proc.returncode == 0 and pd.read_csv(tmp_path / "o.csv")["id"].tolist() == [1] + ([3] if
+                                                                                                  "csv" in name else [])
     # Parquet's dates and times (no JSON type): written as text in JSONL, kept as they are in Parquet
     dated = _frame(3).assign(when=pd.Timestamp("2024-01-02"), score=[0.5, float("nan"), float("inf")])
     dated.to_parquet(tmp_path / "dated.parquet", index=False)
