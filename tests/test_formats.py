@@ -261,7 +261,8 @@ def _predict_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(("src", "out"), [("parquet", "parquet"), ("csv", "csv"), ("jsonl", "jsonl"),
-                                          ("feather", "parquet"), ("csv", "parquet"), ("parquet", "csv")])
+                                          ("feather", "parquet"), ("csv", "parquet"), ("parquet", "csv"),
+                                          ("jsonl", "feather")])
 def test_predict_output_keeps_every_column_and_the_row_order(table_run: Path, tmp_path: Path, src: str,
                                                              out: str) -> None:
     df = _frame(90, seed=3).sample(frac=1.0, random_state=0)  # ids out of order: the output keeps the input's
@@ -277,7 +278,7 @@ def test_predict_output_keeps_every_column_and_the_row_order(table_run: Path, tm
         assert [r["id"] for r in rows] == df["id"].tolist()
         assert [r["prediction"] for r in rows] == [p.to_dict() for p in expected]
         return
-    got = pd.read_parquet(output) if out == "parquet" else pd.read_csv(output)
+    got = {"parquet": pd.read_parquet, "feather": pd.read_feather, "csv": pd.read_csv}[out](output)
     assert list(got.columns) == ["id", "text", "label", "score", "prediction.label",
                                  *[f"prediction.probabilities.{c}" for c in sorted(WORDS)]]
     assert got["id"].astype(int).tolist() == df["id"].tolist()
