@@ -212,6 +212,9 @@ def test_bad_data_from_python_names_the_row(tmp_path: Path) -> None:
         rnntext.train(_cfg(), None, train=(["a", "b", "c"], ["x", "y"]), progress=False)
     with pytest.raises(ConfigError, match=r"train= takes a pandas DataFrame"):
         rnntext.train(_cfg(), None, train=42, progress=False)
+    # a token store is reused while its input files are unchanged; data from Python is no file: refused
+    with pytest.raises(ConfigError, match=r"token_store streams files .* data given from Python is not a file"):
+        rnntext.train(_cfg(token_store=str(tmp_path / "store")), None, train=_frame(50), progress=False)
     skipping = _cfg(skip_bad_rows=True)
     result = rnntext.train(skipping, None, train=df, progress=False, log=lambda s: None)
     assert result.prepared.skipped == {"<train: DataFrame(50 rows, columns id, text, label)>": 1}

@@ -179,6 +179,13 @@ def given_data(cfg: RunConfig, train: Any = None, valid: Any = None,
     given = {role: obj for role, obj in zip(ROLES, (train, valid, test)) if obj is not None}
     if not given:
         return cfg, nullcontext()
+    if getattr(cfg.data, "token_store", None):
+        # the store (data/store.py) is reused while its input files are unchanged, which it tells by their size
+        # and time: data given from Python has neither, so another DataFrame of the same shape would be taken
+        # for the one stored
+        raise ConfigError("cfg.data.token_store streams files through an on-disk store; data given from Python "
+                          "is not a file: write it as one (df.to_parquet(...)) and set cfg.data.train, or leave "
+                          "token_store unset")
     cfg = copy.deepcopy(cfg)
     sources = {}
     for role, obj in given.items():
