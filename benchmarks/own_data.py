@@ -12,8 +12,8 @@ fastText (`fasttext`, supervised; dim 100, lr 0.1, otherwise its defaults), read
 rnntext's basic_english: every point of the grid wordNgrams {1,2,3} x epochs {5,10,25,50} is trained on
 train minus a validation split (SST-2: dev; otherwise a stratified FT_VALID of train, seed SPLIT_SEED)
 and scored there; the point with the best validation accuracy is the one reported, trained again on
-the whole train file and evaluated on test. Every grid point is also trained on the whole train file
-and tested, only to print fastText's best-on-test figure for reference (never used to choose).
+the whole train file and evaluated on test. The grid's models are also scored on test, only to print
+fastText's best-on-test figure for reference (never used to choose).
 
 Nothing is chosen on a test split. `--valid-only` runs rnntext without its test file (the levers of
 docs/guides/own-data.md were measured so: `-- --epochs 10` passes options to every rnntext run) and
@@ -22,6 +22,9 @@ skips fastText.
     python3 benchmarks/own_data.py                          # everything; writes results/own_data.{json,md}
     python3 benchmarks/own_data.py --datasets trec,cr --quick   # a smoke run
     python3 benchmarks/own_data.py --valid-only --out levers_x --datasets trec -- --epochs 10
+
+Datasets can run as separate invocations side by side (`--datasets 20ng --out own_data_20ng`, ...) and
+be joined: `python3 benchmarks/own_data.py --merge A.json B.json ...` writes own_data.json and .md.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -167,7 +171,20 @@ def _ft_accuracy(model: Any, rows: Rows) -> float:
     return sum(p[0] == _ft_label(g) for p, g in zip(pred, rows.labels)) / len(rows)
 
 
-def run_fasttext(files: Files, work: Path, threads: int, quick: bool) -> dict[str, Any]:
+def _ft_train(fasttext: Any, path: Path, ngrams: int, epochs: int, threads: int, record: dict[str, Any],
+              lr: float = FT_LR) -> Any:
+    """A supervised fastText model, or None: it occasionally stops on "Encountered NaN", so two more seeds."""
+    for seed in range(3):
+        try:
+            return fasttext.train_supervised(str(path), wordNgrams=ngrams, epoch=epochs, lr=lr, dim=FT_DIM,
+                                             thread=threads, verbose=0, seed=seed)
+        except RuntimeError as e:
+            record.setdefault("errors", []).append(f"seed {seed}: {e}")
+    return None
+
+
+def run_fasttext(files: Files, work: Path, threads: int, quick: bool,
+                 lrs: tuple[float, ...] = (FT_LR,)) -> dict[str, Any]:
     import fasttext
 
     t_all = time.perf_counter()
@@ -178,39 +195,40 @@ def run_fasttext(files: Files, work: Path, threads: int, quick: bool) -> dict[st
         keep, held = stratified_split(files.train.labels, FT_VALID, SPLIT_SEED)
         fit, valid = files.train.take(keep), files.train.take(held)
         how = f"a stratified {FT_VALID:.0%} of train (seed {SPLIT_SEED})"
-    fit_path, full_path = _ft_file(work / "ft_fit.txt", fit), _ft_file(work / "ft_full.txt", files.train)
-    grid = [(n, e) for n in ((2,) if quick else FT_NGRAMS) for e in ((5,) if quick else FT_EPOCHS)]
+    fit_path = _ft_file(work / "ft_fit.txt", fit)
+    ngrams_grid, epochs_grid = ((2,), (5,)) if quick else (FT_NGRAMS, FT_EPOCHS)
+    grid = [(lr, n, e) for lr in lrs for n in ngrams_grid for e in epochs_grid]
     points = []
-    for ngrams, epochs in grid:
-        point: dict[str, Any] = {"wordNgrams": ngrams, "epochs": epochs}
-        for name, path, rows in (("valid", fit_path, valid), ("test", full_path, files.test)):
-            t0 = time.perf_counter()
-            model = None
-            for seed in range(3):  # fastText occasionally stops on "Encountered NaN": another seed, twice
-                try:
-                    model = fasttext.train_supervised(str(path), wordNgrams=ngrams, epoch=epochs, lr=FT_LR,
-                                                      dim=FT_DIM, thread=threads, verbose=0, seed=seed)
-                    break
-                except RuntimeError as e:
-                    point.setdefault(f"{name}_errors", []).append(f"seed {seed}: {e}")
-            if model is None:  # a failed point: never picked
-                point[f"{name}_accuracy"] = 0.0
-                continue
-            point[f"{name}_accuracy"] = _ft_accuracy(model, rows)
-            point[f"{name}_seconds"] = time.perf_counter() - t0
+    for lr, ngrams, epochs in grid:  # each point trained on train minus the validation split, scored on both
+        point: dict[str, Any] = {"lr": lr, "wordNgrams": ngrams, "epochs": epochs}
+        t0 = time.perf_counter()
+        model = _ft_train(fasttext, fit_path, ngrams, epochs, threads, point, lr)
+        point["seconds"] = time.perf_counter() - t0
+        point["valid_accuracy"] = _ft_accuracy(model, valid) if model else 0.0  # a failed point is never picked
+        point["test_accuracy"] = _ft_accuracy(model, files.test) if model else 0.0
         points.append(point)
-        print(f"  fastText wordNgrams {ngrams} epochs {epochs:2d}: valid {point['valid_accuracy']:.4f} "
+        print(f"  fastText lr {lr:g} wordNgrams {ngrams} epochs {epochs:2d}: valid {point['valid_accuracy']:.4f} "
               f"(test {point['test_accuracy']:.4f})", flush=True)
     picked = max(points, key=lambda p: p["valid_accuracy"])  # the first best: the fewer n-grams and epochs
+    # the picked setting trained again on the whole train file: the figure reported
+    t0 = time.perf_counter()
+    final: dict[str, Any] = {}
+    model = _ft_train(fasttext, _ft_file(work / "ft_full.txt", files.train), picked["wordNgrams"], picked["epochs"],
+                      threads, final, picked["lr"])
+    test_accuracy = _ft_accuracy(model, files.test) if model else 0.0
+    train_seconds = time.perf_counter() - t0
     best_test = max(points, key=lambda p: p["test_accuracy"])
+    best_on_test = {"wordNgrams": best_test["wordNgrams"], "epochs": best_test["epochs"],
+                    "test_accuracy": max(best_test["test_accuracy"], test_accuracy)}
+    if test_accuracy > best_test["test_accuracy"]:
+        best_on_test.update(wordNgrams=picked["wordNgrams"], epochs=picked["epochs"])
     return {"valid_split": how, "fit_rows": len(fit), "valid_rows": len(valid), "grid": points,
-            "picked": {"wordNgrams": picked["wordNgrams"], "epochs": picked["epochs"]},
-            "valid_accuracy": picked["valid_accuracy"], "test_accuracy": picked["test_accuracy"],
-            "train_seconds": picked.get("test_seconds"),
-            "best_on_test": {"wordNgrams": best_test["wordNgrams"], "epochs": best_test["epochs"],
-                             "test_accuracy": best_test["test_accuracy"]},
+            "picked": {"lr": picked["lr"], "wordNgrams": picked["wordNgrams"], "epochs": picked["epochs"]},
+            "valid_accuracy": picked["valid_accuracy"], "test_accuracy": test_accuracy,
+            "train_seconds": train_seconds, "errors": final.get("errors"), "best_on_test": best_on_test,
             "seconds": time.perf_counter() - t_all,
-            "config": f"dim {FT_DIM}, lr {FT_LR}, thread {threads}, seed 0, texts tokenised by basic_english"}
+            "config": f"dim {FT_DIM}, lr {', '.join(map(str, lrs))}, thread {threads}, seed 0, texts tokenised by "
+                      "basic_english"}
 
 
 # ------------------------------------------------------------------------------------------------ rnntext
@@ -218,6 +236,8 @@ def run_fasttext(files: Files, work: Path, threads: int, quick: bool) -> dict[st
 
 def run_rnntext(files: Files, run_dir: Path, extra: list[str], with_test: bool) -> dict[str, Any]:
     """`rnntext train` in a child process: its metrics, wall time and peak RSS (wait4's ru_maxrss)."""
+    if run_dir.exists():  # a run of an earlier invocation (--work-dir): this one trains afresh
+        shutil.rmtree(run_dir)
     cmd = [sys.executable, "-m", "rnntext", "train", *files.args, *(files.test_args if with_test else []),
            "--out", str(run_dir), "-q", "--json", *extra]
     t0 = time.perf_counter()
@@ -232,12 +252,15 @@ def run_rnntext(files: Files, run_dir: Path, extra: list[str], with_test: bool) 
     if proc.returncode != 0:
         sys.stderr.write(stderr[-3000:])
         return {"error": f"exit status {proc.returncode}: {stderr.strip().splitlines()[-1:] or ''}",
-                "wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+                "wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024,
+                "cpu_seconds": usage.ru_utime + usage.ru_stime}
     metrics = json.loads(stdout[stdout.index("{"):])
     epochs = metrics.get("epochs") or []
     best = next((e for e in epochs if e["epoch"] == metrics.get("best_epoch")), {})
     result: dict[str, Any] = {
         "wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "best_epoch": metrics.get("best_epoch"),
+        # CPU seconds (user + system) of the run: what it costs whatever else the machine is doing
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
         "epochs_run": len(epochs), "valid_accuracy": best.get("valid_accuracy"),
         "train_seconds": metrics.get("train_seconds"), "data_seconds": metrics.get("data_seconds"),
         "epochs": [{k: e.get(k) for k in ("epoch", "train_loss", "valid_accuracy", "valid_macro_f1", "valid_loss",
@@ -268,43 +291,63 @@ def markdown(results: dict[str, Any]) -> str:
         rows.append([
             r["title"], f"{r['train_rows']:,} / {r['test_rows']:,}",
             f"**{_pct(acc)}**" if acc is not None else rn.get("error", "not run"),
-            _pct(rn.get("valid_accuracy")), rn.get("best_epoch"),
+            _pct(rn.get("valid_accuracy")),
+            f"{rn['best_epoch']} of {rn['epochs_run']}" if rn.get("best_epoch") else "",
             "" if rn.get("wall_seconds") is None else f"{rn['wall_seconds']:.0f}",
+            "" if rn.get("cpu_seconds") is None else f"{rn['cpu_seconds']:.0f}",
             "" if rn.get("peak_rss_mb") is None else f"{rn['peak_rss_mb']:,.0f}",
-            _pct(ft_acc) + (f" (ng {picked['wordNgrams']}, {picked['epochs']} ep)" if picked else ""),
+            _pct(ft_acc) + (f" (lr {picked.get('lr', FT_LR):g}, ng {picked['wordNgrams']}, {picked['epochs']} ep)"
+                            if picked else ""),
             delta, _pct(best.get("test_accuracy")) + (f" (ng {best['wordNgrams']}, {best['epochs']} ep)" if best
                                                        else ""),
         ])
         for p in ft.get("grid") or []:
-            grid_rows.append([r["title"], p["wordNgrams"], p["epochs"], _pct(p.get("valid_accuracy")),
-                              _pct(p.get("test_accuracy"))])
+            grid_rows.append([r["title"], p.get("lr", FT_LR), p["wordNgrams"], p["epochs"],
+                              _pct(p.get("valid_accuracy")), _pct(p.get("test_accuracy"))])
     s = results.get("summary") or {}
     text = md_header(short_command(results.get("command")), results.get("machine"),
                      "rnntext's defaults (train and test files, nothing else) against fastText with its settings "
                      "picked on a validation split of train; test accuracy. Nothing is chosen on test.")
     text += "\n" + md_table(
-        ["dataset", "rows (train / test)", "rnntext test", "rnntext valid", "best epoch", "rnntext s", "peak MiB",
+        ["dataset", "rows (train / test)", "rnntext test", "rnntext valid", "best epoch", "wall s", "CPU s", "peak MiB",
          "fastText test (picked on valid)", "rnntext - fastText", "fastText best-on-test (reference)"],
-        rows, "llrrrrrlrl")
+        rows, "llrrrrrrlrl")
     if s.get("mean_rnntext") is not None and s.get("mean_fasttext") is not None:
         text += (f"\nMean over {s['datasets']} datasets: rnntext **{_pct(s['mean_rnntext'])}**, fastText "
                  f"{_pct(s['mean_fasttext'])} ({(s['mean_rnntext'] - s['mean_fasttext']) * 100:+.2f} points); "
                  f"rnntext >= fastText on {s['wins']} of {s['datasets']}.\n")
     if grid_rows:
-        text += "\nfastText's grid (valid: trained on train minus the validation split; test: trained on all of "
-        text += "train, for reference only):\n\n"
-        text += md_table(["dataset", "wordNgrams", "epochs", "valid", "test"], grid_rows, "lrrrr")
+        text += "\nfastText's grid, each point trained on train minus the validation split (its test figure for "
+        text += "reference only; the reported figure is the picked point trained again on all of train):\n\n"
+        text += md_table(["dataset", "lr", "wordNgrams", "epochs", "valid", "test"], grid_rows, "lrrrrr")
     return text
 
 
 def summary(datasets: dict[str, Any]) -> dict[str, Any]:
-    pairs = [(r["rnntext"].get("test_accuracy"), (r.get("fasttext") or {}).get("test_accuracy"))
-             for r in datasets.values() if r.get("rnntext")]
+    pairs = [((r.get("rnntext") or {}).get("test_accuracy"), (r.get("fasttext") or {}).get("test_accuracy"))
+             for r in datasets.values()]
     pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
     if not pairs:
         return {"datasets": 0}
     return {"datasets": len(pairs), "mean_rnntext": sum(a for a, _ in pairs) / len(pairs),
             "mean_fasttext": sum(b for _, b in pairs) / len(pairs), "wins": sum(a >= b for a, b in pairs)}
+
+
+def merge(paths: list[Path], name: str) -> None:
+    """One results file from several invocations' (each ran its own datasets, with the same code)."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    out = dict(parts[0])
+    out["command"] = " ; ".join(p["command"] for p in parts)
+    out["machines"] = [p["machine"] for p in parts]
+    out["datasets"] = {}
+    for p in parts:  # a dataset's fastText and rnntext may come from different invocations
+        for k, v in p["datasets"].items():
+            out["datasets"].setdefault(k, {}).update(v)
+    order = list(DATASETS)
+    out["datasets"] = dict(sorted(out["datasets"].items(), key=lambda kv: order.index(kv[0])))
+    out["summary"] = summary(out["datasets"])
+    write_json(name, out)
+    write_markdown(name, markdown_document(name, "own_data.py", markdown(out)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -316,10 +359,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="fastText's threads")
     ap.add_argument("--quick", action="store_true", help="one fastText point and rnntext with --epochs 1")
     ap.add_argument("--valid-only", action="store_true", help="rnntext without its test file, no fastText")
-    ap.add_argument("--no-fasttext", action="store_true")
+    ap.add_argument("--no-fasttext", action="store_true", help="rnntext only")
+    ap.add_argument("--no-rnntext", action="store_true", help="fastText only")
+    ap.add_argument("--ft-lrs", default=str(FT_LR), help="fastText learning rates in its grid, comma-separated")
     ap.add_argument("--out", default="own_data", help="results name (benchmarks/results/NAME.json)")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="join the results of separate invocations")
     ap.add_argument("extra", nargs="*", help="more `rnntext train` options for every run, after --")
     args = ap.parse_args(argv)
+    if args.merge:
+        merge([Path(p) for p in args.merge], args.out)
+        return
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     unknown = [n for n in names if n not in DATASETS]
     if unknown:
@@ -344,21 +393,26 @@ def main(argv: list[str] | None = None) -> None:
             if not (args.valid_only or args.no_fasttext):
                 ft_dir = work / f"ft_{name}"
                 ft_dir.mkdir(exist_ok=True)
-                r["fasttext"] = run_fasttext(files, ft_dir, args.threads, args.quick)
+                r["fasttext"] = run_fasttext(files, ft_dir, args.threads, args.quick,
+                                             tuple(float(x) for x in args.ft_lrs.split(",")))
                 ft = r["fasttext"]
                 print(f"  fastText: picked wordNgrams {ft['picked']['wordNgrams']}, epochs {ft['picked']['epochs']} "
                       f"(valid {ft['valid_accuracy']:.4f}): test {ft['test_accuracy']:.4f}; best-on-test "
                       f"{ft['best_on_test']['test_accuracy']:.4f} (reference); grid {ft['seconds']:.0f}s", flush=True)
+            out["datasets"][name] = r
+            if args.no_rnntext:
+                write_json(args.out, out)
+                continue
             r["rnntext"] = rn = run_rnntext(files, work / f"run_{name}", extra, not args.valid_only)
             print("  rnntext: " + (f"test {rn['test_accuracy']:.4f}, " if "test_accuracy" in rn else "")
                   + (f"valid {rn['valid_accuracy']:.4f} (best epoch {rn['best_epoch']} of {rn['epochs_run']}), "
                      if rn.get("valid_accuracy") is not None else "")
-                  + f"{rn['wall_seconds']:.0f}s, peak RSS {rn['peak_rss_mb']:.0f} MiB"
+                  + f"{rn['wall_seconds']:.0f}s ({rn['cpu_seconds']:.0f} CPU s), peak RSS {rn['peak_rss_mb']:.0f} MiB"
                   + (f" -- {rn['error']}" if "error" in rn else ""), flush=True)
             out["datasets"][name] = r
             out["summary"] = summary(out["datasets"])
             write_json(args.out, out)  # after every dataset: a long run's figures survive an interruption
-        if out["summary"].get("datasets"):
+        if out.get("summary", {}).get("datasets"):
             s = out["summary"]
             print(f"mean: rnntext {s['mean_rnntext']:.4f}, fastText {s['mean_fasttext']:.4f} "
                   f"({(s['mean_rnntext'] - s['mean_fasttext']) * 100:+.2f} points); rnntext >= fastText on "
