@@ -208,13 +208,21 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(results: dict[str, Any]) -> str:
     s = results["settings"]
     batches = f", {s['epoch_size']} batches" if s["epoch_size"] else ""
-    what = (f"One training epoch ({s['train_rows']} AG News rows{batches}) "
-            f"and one prediction pass ({s['texts']} test texts) of the default model, alone and beside one busy "
-            f"process (`yes > /dev/null`); median of {s['repeats']} interleaved repeats, each a fresh process. "
+    parts = {"train": f"one training epoch ({s['train_rows']} AG News rows{batches})",
+             "predict": f"one prediction pass ({s['texts']} test texts)"}
+    done = " and ".join(parts[t] for t in s.get("tasks", parts))
+    what = (f"{done[0].upper()}{done[1:]} of the default model, alone and beside one busy process "
+            f"(`yes > /dev/null`); median of {s['repeats']} interleaved repeats, each a fresh process. "
             "Threads: `all` = every core (the old behaviour), `auto` = the cores the others leave free, followed "
             "as it runs. Wait: libgomp's `default` spin (~3 ms), `rnntext`'s (GOMP_SPINCOUNT="
             f"{s['spin_count']}), or as given. Others' load: cores kept busy by other processes just before "
-            "each measurement (about 1.0 beside `yes`; more means the machine was not quiet).")
+            "each measurement (0 on a quiet machine; more means the machine was not quiet, and `auto` took "
+            "fewer threads for it).")
+    if s.get("note"):
+        what += f"\n\n{s['note']}"
+        command = (results.get("command") or "").replace(s["note"], "...")
+    else:
+        command = results.get("command")
     rows = []
     for e in results["summary"]:
         a, b = e.get(SITUATIONS[0]), e.get(SITUATIONS[1])
@@ -223,12 +231,11 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{e['slowdown']:.2f}x" if "slowdown" in e else "",
                      "/".join(str(t) for t in a["threads_end"]) if a else "",
                      "/".join(str(t) for t in b["threads_end"]) if b else "",
-                     f"{a['cpu_per_wall']:.2f} / {b['cpu_per_wall']:.2f}" if a and b else "",
-                     " ".join(f"{x:.1f}" for x in (a["others_load"] + b["others_load"]) if x is not None)
-                     if a and b else ""])
+                     " / ".join(f"{x['cpu_per_wall']:.2f}" for x in (a, b) if x),
+                     " ".join(f"{v:.1f}" for x in (a, b) if x for v in x["others_load"] if v is not None)])
     table = md_table(["task", "policy", "threads", "wait", "alone s", "beside busy s", "slowdown",
                       "threads alone", "threads beside", "CPU/wall", "others' load"], rows, "lllllrrrrrl")
-    lines = [md_header(short_command(results.get("command")), results.get("machine"), what), table]
+    lines = [md_header(short_command(command), results.get("machine"), what), table]
     by = {(e["task"], e["policy"]): e for e in results["summary"]}
     for task in ("train", "predict"):
         old, new = by.get((task, "old")), by.get((task, "new"))
@@ -253,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--situations", default="alone,busy",
                     help="alone, busy (beside `yes > /dev/null`) or both (default)")
     ap.add_argument("--ablations", action="store_true", help="every policy: each part of the new one alone")
+    ap.add_argument("--note", help="a line for the table's header: how the machine was when it ran")
     ap.add_argument("--out", default="sharing", help="results name (benchmarks/results/NAME.json)")
     ap.add_argument("--worker", choices=("train", "predict"), help=argparse.SUPPRESS)
     ap.add_argument("--threads", default=ALL, help=argparse.SUPPRESS)
@@ -303,11 +311,13 @@ def main(argv: list[str] | None = None) -> None:
                         print(f"repeat {repeat + 1}/{args.repeats} {task:7} {policy:18} {situation:22} "
                               f"{r['seconds']:7.2f}s threads {r['threads_end']} (others' load before: {load})",
                               flush=True)
+    info = machine()
+    info.pop("threads")  # each policy chooses its own
     results = {
-        "benchmark": "sharing", "command": "python3 " + " ".join(sys.argv), "machine": machine(),
+        "benchmark": "sharing", "command": "python3 " + " ".join(sys.argv), "machine": info,
         "settings": {"train_rows": args.rows or "all", "epoch_size": args.epoch_size, "texts": args.texts,
                      "repeats": args.repeats, "policies": policies, "tasks": tasks, "spin_count": cores.SPIN_COUNT,
-                     "recheck_seconds": cores.RECHECK_SECONDS},
+                     "recheck_seconds": cores.RECHECK_SECONDS, "note": args.note},
         "summary": summarise(rows), "runs": rows,
     }
     write_json(args.out, results)
