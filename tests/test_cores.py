@@ -137,6 +137,46 @@ def test_auto_threads_follow_the_free_cores() -> None:
         torch.set_num_threads(before)
 
 
+def _libgomp():  # torch's OpenMP runtime, to ask a thread for its own thread count (OpenMP's is per thread)
+    import ctypes
+    import glob
+
+    found = glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp*"))
+    return ctypes.CDLL(found[0]) if found else None
+
+
+def test_the_thread_that_runs_the_model_gets_the_new_count(monkeypatch) -> None:
+    """OpenMP's thread count belongs to the thread that sets it: torch.set_num_threads on the main thread
+    does not reach a server's model thread that has already run an operation. adapt_threads runs on the
+    thread that runs the model (between its batches), so that thread's next operation uses the new count."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rnntext.training import device
+
+    lib = _libgomp()
+    if lib is None:
+        pytest.skip("torch here does not run on GNU libgomp")
+    x = torch.randn(256, 256)
+    before = torch.get_num_threads()
+    model_thread = ThreadPoolExecutor(1)
+    try:
+        monkeypatch.setattr(device, "_auto", device.AutoThreads(ScriptedMachine([1.0]), usable=2))
+
+        def ask() -> int:
+            (x @ x).sum()
+            return lib.omp_get_max_threads()
+
+        def adapt_then_ask() -> int:
+            device.adapt_threads()  # a second later: one busy process came
+            return ask()
+
+        assert model_thread.submit(ask).result() == 2
+        assert model_thread.submit(adapt_then_ask).result() == 1
+    finally:
+        model_thread.shutdown()
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("model", ["gru", "lstm", "bag"])
 def test_training_is_the_same_whatever_the_threads(model: str, ag_news_small: Path, monkeypatch) -> None:
     """The thread count changes between steps as the machine's load does: for these models the weights
