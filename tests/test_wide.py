@@ -316,3 +316,22 @@ def test_explanations_attribute_the_wide_part_too(model: str) -> None:
         change = float(p[i, target] - base[i, target])
         assert abs(sum(scores[i]) - change) < 2e-3 and abs(deltas[i] or 0.0) < 2e-3
         assert max(abs(s) for s in scores[i]) > 1e-3
+
+
+def test_the_overlapped_embedding_update_with_a_wide_table_gives_the_same_weights(tmp_path: Path) -> None:
+    """--overlap-update with a wide part (two sparse tables): the same weights as one update after the
+    other."""
+    from rnntext.training.trainer import Trainer
+
+    train_csv, test_csv = _data(tmp_path)
+    states = []
+    for overlap in (True, False):
+        cfg = make_tiny_config(data__train=train_csv, data__test=test_csv, model__wide_ngrams=2,
+                               model__wide_buckets=101, train__batch_size=8, train__threads=2, train__epoch_size=6,
+                               train__overlap_update=overlap)
+        t = Trainer(cfg, progress=False, log=lambda s: None)
+        assert (t.optimizer.overlap is not None) == overlap
+        t.fit()
+        states.append(t.model.state_dict())
+    for k, v in states[0].items():
+        assert torch.equal(v, states[1][k]), k
