@@ -90,6 +90,13 @@ def test_usable_cores_and_cgroup_quota() -> None:
     assert cores.usable_cores(4, 0.2) == 1
 
 
+def test_a_quota_on_a_busy_host_keeps_its_cores() -> None:
+    # a container with 2 cores' quota on a 64-core host that others keep 30 cores busy: its 2 are free
+    assert choose_threads(2, cores.others_on_usable(30.0, 64, 2)) == 2
+    assert choose_threads(2, cores.others_on_usable(63.0, 64, 2)) == 1  # the host is full
+    assert cores.others_on_usable(1.0, 2, 2) == 1.0  # no quota: all of it
+
+
 def test_first_guess_counts_the_runnable_tasks() -> None:
     assert cores.first_guess(2, 2, procs_running=1) == 2  # only this process
     assert cores.first_guess(2, 2, procs_running=2) == 1  # one more
@@ -109,7 +116,7 @@ def test_this_machine_gives_a_reading() -> None:
 class ScriptedMachine:
     """Readings of a machine that goes from idle to one busy process and back (what /proc/stat would say)."""
 
-    online = 2
+    online = count = 2
 
     def __init__(self, others: list[float]):
         self.others, self.wall, self.busy = others, 100.0, 0.0

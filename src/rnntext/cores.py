@@ -104,6 +104,13 @@ def others_load(before: Sample, after: Sample) -> float:
     return max(0.0, ((after.busy - before.busy) - (after.own - before.own)) / wall)
 
 
+def others_on_usable(others: float, cpus: int, usable: int) -> float:
+    """The others' load that falls on this process's share: with a cgroup quota of `usable` cores out of
+    the `cpus` it may run on, the others first fill the cpus - usable cores it could not use anyway (a
+    container with 2 cores' quota on a busy 64-core host still has its 2)."""
+    return max(0.0, others - max(0, cpus - usable))
+
+
 def choose_threads(cores: int, others: float, current: int | None = None) -> int:
     """Threads for `cores` usable cores when the other processes keep `others` cores busy: the free cores,
     rounded, at least 1. From `current` threads, the count moves only past the hysteresis."""
@@ -148,10 +155,12 @@ def machine_cores() -> int:
 
 
 class Sampler:
-    """Readings of this machine (Linux /proc/stat); `available` is False elsewhere."""
+    """Readings of this machine (Linux /proc/stat) over the cores this process may run on (`count` of
+    them); `available` is False elsewhere."""
 
     def __init__(self) -> None:
         self.cpus = affinity()
+        self.count = len(self.cpus) if self.cpus else os.cpu_count() or 1
         self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.online = os.cpu_count() or 1
         self.available = _read("/proc/stat") is not None

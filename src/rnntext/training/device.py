@@ -51,7 +51,8 @@ class AutoThreads:
         sample = self.sampler.sample()
         if sample is None:
             return self.threads
-        threads = cores.choose_threads(self.cores, cores.others_load(self.last, sample), self.threads)
+        others = cores.others_on_usable(cores.others_load(self.last, sample), self.sampler.count, self.cores)
+        threads = cores.choose_threads(self.cores, others, self.threads)
         self.last = sample
         if threads != self.threads:
             self.threads, self.changes = threads, self.changes + 1
