@@ -285,3 +285,21 @@ def test_onnx_predictor_applies_the_exported_temperature(run_copy: Path, tmp_pat
     p = float(onnx.probabilities(TEXTS[:1]).max())
     assert onnx.predict(TEXTS[:1], min_confidence=p)[0].label is not None
     assert onnx.predict(TEXTS[:1], min_confidence=math.nextafter(p, 1.0))[0].label is None
+
+
+def test_multi_label_runs_are_not_calibrated_and_say_so(tmp_path: Path) -> None:
+    rng = random.Random(0)
+    words = {"sport": ["goal", "match"], "money": ["bank", "stocks"], "tech": ["chip", "laptop"]}
+    lines = []
+    for _ in range(120):
+        labels = rng.sample(sorted(words), rng.randint(1, 2))
+        text = " ".join(rng.choice(words[label]) for label in labels for _ in range(2))
+        lines.append(json.dumps({"text": text, "label": labels}))
+    path = tmp_path / "sets.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    logs: list[str] = []
+    train(make_tiny_config(data__train=str(path), data__multi_label=True), str(tmp_path / "run"), progress=False,
+          log=logs.append)
+    assert any("calibration: none for multi-label runs" in line for line in logs)
+    assert not (tmp_path / "run" / CALIBRATION).exists()
+    assert load_run(tmp_path / "run").temperature == 1.0
