@@ -220,19 +220,26 @@ def markdown(results: dict[str, Any]) -> str:
     fits = r["fits"]
     big = r["sizes"][-1]
     peak = max(big["build"]["peak_rss_mb"], big["train"]["peak_rss_mb"])
+    small = r["sizes"][0]
+    per_row = 2**20 / max(big["rows"] - small["rows"], 1)
+    train_growth = (big["train"]["peak_rss_mb"] - small["train"]["peak_rss_mb"]) * per_row
+    build_growth = (big["build"]["peak_rss_mb"] - small["build"]["peak_rss_mb"]) * per_row
     text = (f"Seconds are CPU seconds of the process, wall-clock seconds in brackets (the machine was shared). "
             f"Build CPU time against rows: R² {fits['build']['r2']:.3f}, seconds per row at {big['rows']:,} rows "
             f"{fits['build']['per_row_ratio_largest_vs_smallest']:.2f}x the smallest size's; read + tokenise R² "
             f"{fits['read']['r2']:.3f} ({fits['read']['per_row_ratio_largest_vs_smallest']:.2f}x), encode R² "
             f"{fits['encode']['r2']:.3f} ({fits['encode']['per_row_ratio_largest_vs_smallest']:.2f}x). Peak RSS at "
             f"{big['rows']:,} rows: {peak:,.0f} MiB (target {TARGET_RSS_MB:,} MiB: "
-            f"{'met' if peak <= TARGET_RSS_MB else 'NOT met'}). A full epoch is not timed: at the measured "
+            f"{'met' if peak <= TARGET_RSS_MB else 'NOT met'}); the training process grows by about "
+            f"{train_growth:,.0f} bytes per row, the build by {build_growth:,.0f}. A full epoch is not timed: at "
+            f"the measured "
             f"{big['train']['rows_per_second']:,.0f} rows/s (wall, on the busy machine) it would take about "
             f"{big['train']['train_rows'] / big['train']['rows_per_second'] / 3600:.1f} h at {big['rows']:,} rows. "
             f"The plot: `benchmarks/results/big_data.png`.")
     what = (f"AG News rows (20k subset) drawn at random with their words shuffled, {r['sizes'][0]['rows']:,} to "
             f"{big['rows']:,} rows; each stage in a fresh process (peak RSS: its ru_maxrss, memory-mapped pages "
-            f"included). Training: the default GRU, batch 128, {r['steps']} steps, {r['threads']} threads. "
+            f"included). Training: the default GRU, batch 128, {r['steps']} steps, {r['threads']} thread"
+            f"{'' if r['threads'] == 1 else 's'}. "
             f"The load average during the run: {r.get('load_average_end', '?')} at the end.")
     return md_header(short_command(r.get("command")), r.get("machine"), what) + "\n" + table + "\n" + text + "\n"
 
