@@ -337,7 +337,7 @@ def merge(paths: list[Path], name: str) -> None:
     """One results file from several invocations' (each ran its own datasets, with the same code)."""
     parts = [json.loads(p.read_text()) for p in paths]
     out = dict(parts[0])
-    out["command"] = " ; ".join(p["command"] for p in parts)
+    out["command"] = " ; ".join(p["command"].replace(sys.executable, "python3") for p in parts)
     out["machines"] = [p["machine"] for p in parts]
     out["datasets"] = {}
     for p in parts:  # a dataset's fastText and rnntext may come from different invocations
