@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import json
 import random
 import statistics
 import sys
@@ -91,7 +92,8 @@ def make_files(name: str, tmp: Path) -> dict[str, Any]:
     return spec
 
 
-def run_dataset(name: str, seeds: list[int], threads: int, tmp: Path, log: Any) -> dict[str, Any]:
+def run_dataset(name: str, seeds: list[int], threads: int, tmp: Path, log: Any,
+                encoders: Path | None = None) -> dict[str, Any]:
     from rnntext.config import RunConfig
     from rnntext.data.encoder_dir import PretrainSettings
     from rnntext.training import train
@@ -107,9 +109,13 @@ def run_dataset(name: str, seeds: list[int], threads: int, tmp: Path, log: Any) 
     settings.run.data.text_columns = [spec["text"]]
     settings.run.train.threads = threads
     t0 = time.perf_counter()
-    enc_dir = tmp / f"{name}-encoder"
-    lm = pretrain(settings, str(enc_dir), progress=False, log=log)
-    pretrain_seconds = time.perf_counter() - t0
+    enc_dir = (encoders or tmp) / f"{name}-encoder"
+    if encoders is not None and (enc_dir / "metrics.json").is_file():  # --encoders: pretrained by an earlier run
+        lm = json.loads((enc_dir / "metrics.json").read_text())
+        pretrain_seconds = lm["train_seconds"]
+    else:
+        lm = pretrain(settings, str(enc_dir), progress=False, log=log)
+        pretrain_seconds = time.perf_counter() - t0
     out: dict[str, Any] = {"rows": spec["rows"], "pretrain_texts": lm["texts"], "pretrain_seconds": pretrain_seconds,
                            "pretrain_epochs": len(lm["epochs"]),
                            "perplexity": [lm["initial_valid_perplexity"], lm["valid_perplexity"]], "runs": []}
@@ -151,6 +157,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--encoders", metavar="DIR", help="keep the encoders in DIR, and reuse those found there (the "
+                    "same splits and settings: more seeds without pretraining again)")
     ap.add_argument("--name", default=NAME, help="results/NAME.json (to run datasets in parallel processes)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -159,7 +167,8 @@ def main() -> None:
                                "machine": machine(args.threads), "seeds": seeds, "datasets": {}}
     with tempfile.TemporaryDirectory(prefix="rnntext-pretrain-bench-") as tmp:
         for name in args.datasets.split(","):
-            results["datasets"][name] = run_dataset(name, seeds, args.threads, Path(tmp), log)
+            results["datasets"][name] = run_dataset(name, seeds, args.threads, Path(tmp), log,
+                                                    Path(args.encoders) if args.encoders else None)
             write_json(args.name, results)
             write_markdown(args.name, markdown(results))
 
