@@ -131,6 +131,10 @@ def worker(stage: str, train: str, store: str | None, steps: int, threads: int) 
         out.update(steps=len(order), seconds=row["seconds"], rows_per_second=row["rows_per_second"],
                    train_loss=row["train_loss"], train_rows=len(trainer.data.train))
     out["peak_rss_mb"] = peak_rss_mb()
+    # at the end: anonymous memory against the pages of mapped files (the token store's: clean page cache)
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("RssAnon:", "RssFile:")):
+            out[line.split(":")[0].lower() + "_end_mb"] = int(line.split()[1]) / 1024
     out["load_average"] = [round(x, 1) for x in os.getloadavg()]  # the machine is shared: how busy it was
     return out
 
