@@ -228,18 +228,21 @@ def markdown(results: dict[str, Any]) -> str:
     per_row = 2**20 / max(big["rows"] - small["rows"], 1)
     train_growth = (big["train"]["peak_rss_mb"] - small["train"]["peak_rss_mb"]) * per_row
     build_growth = (big["build"]["peak_rss_mb"] - small["build"]["peak_rss_mb"]) * per_row
-    text = (f"Seconds are CPU seconds of the process, wall-clock seconds in brackets (the machine was shared). "
-            f"Build CPU time against rows: R² {fits['build']['r2']:.3f}, seconds per row at {big['rows']:,} rows "
-            f"{fits['build']['per_row_ratio_largest_vs_smallest']:.2f}x the smallest size's; read + tokenise R² "
-            f"{fits['read']['r2']:.3f} ({fits['read']['per_row_ratio_largest_vs_smallest']:.2f}x), encode R² "
-            f"{fits['encode']['r2']:.3f} ({fits['encode']['per_row_ratio_largest_vs_smallest']:.2f}x). Peak RSS at "
-            f"{big['rows']:,} rows: {peak:,.0f} MiB (target {TARGET_RSS_MB:,} MiB: "
-            f"{'met' if peak <= TARGET_RSS_MB else 'NOT met'}); the training process grows by about "
-            f"{train_growth:,.0f} bytes per row, the build by {build_growth:,.0f}. A full epoch is not timed: at "
-            f"the measured "
+    name = r.get("out", "big_data")
+    fit = ""
+    if len(r["sizes"]) > 1:
+        fit = (f"Build CPU time against rows: R² {fits['build']['r2']:.3f}, seconds per row at {big['rows']:,} rows "
+               f"{fits['build']['per_row_ratio_largest_vs_smallest']:.2f}x the smallest size's; read + tokenise R² "
+               f"{fits['read']['r2']:.3f} ({fits['read']['per_row_ratio_largest_vs_smallest']:.2f}x), encode R² "
+               f"{fits['encode']['r2']:.3f} ({fits['encode']['per_row_ratio_largest_vs_smallest']:.2f}x). ")
+    growth = (f"; the training process grows by about {train_growth:,.0f} bytes per row, the build by "
+              f"{build_growth:,.0f}" if len(r["sizes"]) > 1 else "")
+    text = ("Seconds are CPU seconds of the process, wall-clock seconds in brackets (the machine was shared). "
+            + fit + f"Peak RSS at {big['rows']:,} rows: {peak:,.0f} MiB (target {TARGET_RSS_MB:,} MiB: "
+            f"{'met' if peak <= TARGET_RSS_MB else 'NOT met'}){growth}. A full epoch is not timed: at the measured "
             f"{big['train']['rows_per_second']:,.0f} rows/s (wall, on the busy machine) it would take about "
             f"{big['train']['train_rows'] / big['train']['rows_per_second'] / 3600:.1f} h at {big['rows']:,} rows. "
-            f"The plot: `benchmarks/results/big_data.png`.")
+            f"The plot: `benchmarks/results/{name}.png`.")
     what = (f"AG News rows (20k subset) drawn at random with their words shuffled, {r['sizes'][0]['rows']:,} to "
             f"{big['rows']:,} rows; each stage in a fresh process (peak RSS: its ru_maxrss, memory-mapped pages "
             f"included). Training: the default GRU, batch 128, {r['steps']} steps, {r['threads']} thread"
@@ -295,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
             "build_wall": linearity(xs, [s["build"]["seconds"] for s in sizes])}
     for key in ("read", "vocab", "encode"):
         fits[key] = linearity(xs, [s["build"]["cpu_stages"][key] for s in sizes])
-    payload = {"benchmark": "big_data", "command": "python3 " + " ".join(sys.argv), "machine": info,
+    payload = {"benchmark": "big_data", "out": args.out, "command": "python3 " + " ".join(sys.argv), "machine": info,
                "threads": threads, "steps": args.steps, "generate": gen, "sizes": sizes, "fits": fits,
                "load_average_end": [round(x, 1) for x in os.getloadavg()]}
     results_dir().mkdir(parents=True, exist_ok=True)
