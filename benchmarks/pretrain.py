@@ -148,7 +148,7 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{results.get('seeds')}. Validation only.")
     body += "\n\n" + md_table(["dataset", "train / valid rows", "pretraining texts", "held-out perplexity",
                                "pretrain s", "without", "with encoder", "difference"], rows, "lrrrrrrr")
-    return markdown_document(NAME, "pretrain.py", body)
+    return body
 
 
 def main() -> None:
@@ -170,7 +170,7 @@ def main() -> None:
             results["datasets"][name] = run_dataset(name, seeds, args.threads, Path(tmp), log,
                                                     Path(args.encoders) if args.encoders else None)
             write_json(args.name, results)
-            write_markdown(args.name, markdown(results))
+            write_markdown(args.name, markdown_document(args.name, "pretrain.py", markdown(results)))
 
 
 if __name__ == "__main__":
