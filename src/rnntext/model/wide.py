@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from .base import TextClassifier
 
-HASH_PRIME = 1_000_003  # odd and > any bucket count's small factors: consecutive ids spread over the table
+HASH_PRIME = 1_000_003  # a prime (coprime with every bucket count not a multiple of it): ids spread over the table
 MAX_BUCKETS = 1 << 24  # keeps h * HASH_PRIME + id < 2**63 (config.py declares the same bound)
 JOINS = ("sum", "mix")
 
