@@ -40,6 +40,14 @@ class Chunk:
     batch: Any = None
     skipped: int = 0
     rows: list[int] = field(default_factory=list)  # line (row) numbers, for errors
+    chars: int = 0  # characters in `texts` (a CSV/TSV/JSONL chunk ends at CHUNK_CHARS)
+
+    def add(self, record: dict[str, Any], text: str, row: int) -> None:
+        assert self.records is not None
+        self.records.append(record)
+        self.texts.append(text)
+        self.rows.append(row)
+        self.chars += len(text)
 
     def to_records(self) -> list[dict[str, Any]]:
         return self.records if self.records is not None else self.batch.to_pylist()
@@ -79,8 +87,8 @@ class TableReader:
             raise DataError(problem + SKIP_HINT, self.path, line)
         chunk.skipped += 1
 
-    def _full(self, chunk: Chunk, chars: int) -> bool:
-        return len(chunk.texts) >= self.chunk_rows or chars >= CHUNK_CHARS
+    def _full(self, chunk: Chunk) -> bool:
+        return len(chunk.texts) >= self.chunk_rows or chunk.chars >= CHUNK_CHARS
 
     def _columnar(self) -> Iterator[Chunk]:
         from .columnar import ColumnarFile, cells
@@ -106,7 +114,7 @@ class TableReader:
 
     def _jsonl(self) -> Iterator[Chunk]:
         with open_text(self.path, lenient=self.skip_bad_rows) as lines:
-            chunk, chars = Chunk([], records=[]), 0
+            chunk = Chunk([], records=[])
             for lineno, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
@@ -136,14 +144,10 @@ class TableReader:
                     self._bad("text must be a string", lineno, chunk)
                     continue
                 text = " ".join(p if isinstance(p, str) else str(p) for p in parts)
-                assert chunk.records is not None
-                chunk.records.append(obj)
-                chunk.texts.append(text)
-                chunk.rows.append(lineno)
-                chars += len(text)
-                if self._full(chunk, chars):
+                chunk.add(obj, text, lineno)
+                if self._full(chunk):
                     yield chunk
-                    chunk, chars = Chunk([], records=[]), 0
+                    chunk = Chunk([], records=[])
             if chunk.texts or chunk.skipped:
                 yield chunk
 
@@ -174,7 +178,7 @@ class TableReader:
                                 "(use --text-column)", self.path, blank + 1)
             self.columns = names
             idx = [names.index(c) for c in self.text_columns]
-            chunk, chars = Chunk([], records=[]), 0
+            chunk = Chunk([], records=[])
             end = blank + reader.line_num
             while True:
                 line = end + 1
@@ -197,14 +201,10 @@ class TableReader:
                     self._bad("invalid UTF-8", line, chunk)
                     continue
                 text = " ".join(row[i] for i in idx)
-                assert chunk.records is not None
-                chunk.records.append(dict(zip(names, row)))
-                chunk.texts.append(text)
-                chunk.rows.append(line)
-                chars += len(text)
-                if self._full(chunk, chars):
+                chunk.add(dict(zip(names, row)), text, line)
+                if self._full(chunk):
                     yield chunk
-                    chunk, chars = Chunk([], records=[]), 0
+                    chunk = Chunk([], records=[])
             if chunk.texts or chunk.skipped:
                 yield chunk
 
