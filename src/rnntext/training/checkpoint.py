@@ -373,7 +373,13 @@ def save_checkpoint(run_dir: str | Path, ckpt: Checkpoint) -> Path:
         "rng": encode_state(ckpt.rng, "rng", tensors),
         "config": ckpt.config.to_dict(),
     }
-    name = f"state-{ckpt.seq:06d}.safetensors"
+    return commit(d, ckpt.seq, manifest, tensors)
+
+
+def commit(d: Path, seq: int, manifest: dict[str, Any], tensors: dict[str, Tensor]) -> Path:
+    """Write checkpoint number `seq` into `d`: the tensors' file first, then `manifest` naming it (with its
+    sha256), atomically: the manifest is the commit point. Then drop the files of older checkpoints."""
+    name = f"state-{seq:06d}.safetensors"
     blob = st_save(tensors)
     try:
         atomic_write_bytes(d / name, blob)

@@ -31,7 +31,6 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import Tensor
 
 from ..data.batching import epoch_batches, eval_batches, padded_batch
@@ -41,7 +40,7 @@ from ..data.tokenizer import Tokenizer
 from ..data.train_vectors import read_texts
 from ..data.vocab import Vocab
 from ..errors import CheckpointError, ConfigError, DataError, RnnTextError, TrainingInterrupted
-from ..io import atomic_write_bytes, atomic_write_json
+from ..io import atomic_write_json
 from ..model.lm import STACKED_BIDIRECTIONAL, RecurrentLM
 from . import checkpoint as ckpt_io
 from .device import AUTO, adapt_threads, resolve_device, set_threads
@@ -283,15 +282,7 @@ class Pretrainer:
             "rng": ckpt_io.encode_state(ckpt_io.capture_rng(), "rng", tensors),
             "config": self.settings.to_dict(),
         }
-        name = f"state-{self.seq:06d}.safetensors"
-        blob = st_save(tensors)
-        try:
-            atomic_write_bytes(d / name, blob)
-            manifest["tensors"] = {"file": name, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
-            atomic_write_json(d / ckpt_io.MANIFEST, manifest)  # the commit point
-        except OSError as e:
-            raise CheckpointError(f"cannot write the checkpoint: {e.strerror or e}", str(d)) from None
-        _remove_stale(d, keep=name)
+        ckpt_io.commit(d, self.seq, manifest, tensors)
 
     def mark_finished(self) -> None:
         d = ckpt_io.checkpoint_dir(self.out_dir or ".")
