@@ -76,14 +76,7 @@ def evaluate_run(run_dir: str | Path | Sequence[str | Path], data: DataConfig | 
     if predictor.multi_label:
         report = _multilabel_report(predictor, rows, data.skip_bad_rows)
     else:
-        index = {name: i for i, name in enumerate(run.label_names)}
-        labels = []
-        for label, line in zip(rows.labels, rows.lines):
-            if label not in index:
-                raise DataError(f"label {label!r} is not one the model knows ({', '.join(run.label_names)})",
-                                rows.path, line)
-            labels.append(index[label])
-        y = torch.tensor(labels, dtype=torch.long)
+        y = label_ids(rows, run.label_names)
         fitted = predictor.probabilities(rows.texts)
         raw = fitted if predictor.temperatures == [1.0] * len(predictor.runs) else \
             predictor.probabilities(rows.texts, calibrated=False)
@@ -97,6 +90,17 @@ def evaluate_run(run_dir: str | Path | Sequence[str | Path], data: DataConfig | 
     if len(predictor.runs) > 1:
         report["ensemble"] = [str(r.path) for r in predictor.runs]
     return report
+
+
+def label_ids(rows: Rows, names: list[str]) -> torch.Tensor:
+    """The class index of each row's label; a label the model does not know names the file and line."""
+    index = {name: i for i, name in enumerate(names)}
+    labels = []
+    for label, line in zip(rows.labels, rows.lines):
+        if label not in index:
+            raise DataError(f"label {label!r} is not one the model knows ({', '.join(names)})", rows.path, line)
+        labels.append(index[label])
+    return torch.tensor(labels, dtype=torch.long)
 
 
 def _multilabel_report(predictor: Predictor, rows: Rows, skip_bad_rows: bool) -> dict[str, Any]:
@@ -128,14 +132,7 @@ def evaluate_export(path: str | Path, threads: int | None = None, calibration: b
     trained = RunConfig.from_dict({"data": raw}, source=str(Path(path) / SETTINGS)).data if raw else DataConfig()
     data = evaluation_data(trained, **options)
     rows = read_eval_rows(data)
-    index = {name: i for i, name in enumerate(predictor.labels)}
-    labels = []
-    for label, line in zip(rows.labels, rows.lines):
-        if label not in index:
-            raise DataError(f"label {label!r} is not one the model knows ({', '.join(predictor.labels)})",
-                            rows.path, line)
-        labels.append(index[label])
-    y = torch.tensor(labels, dtype=torch.long)
+    y = label_ids(rows, predictor.labels)
     fitted = torch.from_numpy(predictor.probabilities(rows.texts))
     raw = fitted if predictor.temperature == 1.0 else \
         torch.from_numpy(predictor.probabilities(rows.texts, calibrated=False))
