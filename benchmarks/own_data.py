@@ -63,6 +63,7 @@ from rnntext.data.tokenizer import basic_english  # noqa: E402
 
 SHARED = HERE.parent.parent / "shared" / "data"
 SPLIT_SEED = 15  # the CR/MPQA 90/10 split and fastText's validation split
+DEV_SEED, DEV_FRACTION = 16, 0.1  # --dev: the held-out part of train that stands in for test
 FT_VALID = 0.1  # fastText's validation split of train (where there is no validation file)
 FT_NGRAMS = (1, 2, 3)
 FT_EPOCHS = (5, 10, 25, 50)
@@ -129,7 +130,28 @@ class Files:
     valid: Rows | None  # a validation file (SST-2's dev), else None
 
 
-def materialise(d: Dataset, data_root: Path, work: Path) -> Files:
+def materialise(d: Dataset, data_root: Path, work: Path, dev: bool = False) -> Files:
+    files = _materialise(d, data_root, work)
+    return _dev_files(d, files, work) if dev else files
+
+
+def _dev_files(d: Dataset, files: Files, work: Path) -> Files:
+    """--dev: the test split is set aside and a held-out part of train takes its place (SST-2: its dev
+    file; otherwise a stratified DEV_FRACTION drawn with DEV_SEED), so defaults are chosen without test."""
+    if files.valid is not None:  # SST-2: train on train (rnntext draws its own validation), score on dev
+        train, test = files.train, files.valid
+    else:
+        keep, held = stratified_split(files.train.labels, DEV_FRACTION, DEV_SEED)
+        train, test = files.train.take(keep), files.train.take(held)
+    text, label = (d.text, d.label) if d.name != "ag_news" else ("text", "label")
+    train_path, test_path = work / f"{d.name}_devtrain.csv.gz", work / f"{d.name}_dev.csv.gz"
+    write_csv(train_path, train, text, label)
+    write_csv(test_path, test, text, label)
+    return Files(["--train", str(train_path), "--text-column", text, "--label-column", label],
+                 ["--test", str(test_path)], train, test, None)
+
+
+def _materialise(d: Dataset, data_root: Path, work: Path) -> Files:
     folder = data_root / d.folder
     if d.name == "ag_news":
         train, test = read_split(folder / d.train), read_split(folder / d.test)  # type: ignore[arg-type]
@@ -177,13 +199,15 @@ def _ft_accuracy(model: Any, rows: Rows) -> float:
 
 def _ft_train(fasttext: Any, path: Path, ngrams: int, epochs: int, threads: int, record: dict[str, Any],
               lr: float = FT_LR) -> Any:
-    """A supervised fastText model, or None: it occasionally stops on "Encountered NaN", so two more seeds."""
-    for seed in range(3):
-        try:
-            return fasttext.train_supervised(str(path), wordNgrams=ngrams, epoch=epochs, lr=lr, dim=FT_DIM,
-                                             thread=threads, verbose=0, seed=seed)
-        except RuntimeError as e:
-            record.setdefault("errors", []).append(f"seed {seed}: {e}")
+    """A supervised fastText model, or None. On small files it sometimes stops on "Encountered NaN" (its
+    threads' shares of the learning-rate schedule overrun): two more seeds, then the same in one thread."""
+    for n_threads in dict.fromkeys((threads, 1)):
+        for seed in range(3):
+            try:
+                return fasttext.train_supervised(str(path), wordNgrams=ngrams, epoch=epochs, lr=lr, dim=FT_DIM,
+                                                 thread=n_threads, verbose=0, seed=seed)
+            except RuntimeError as e:
+                record.setdefault("errors", []).append(f"seed {seed}, {n_threads} threads: {e}")
     return None
 
 
@@ -259,6 +283,15 @@ def run_rnntext(files: Files, run_dir: Path, extra: list[str], with_test: bool) 
                 "wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024,
                 "cpu_seconds": usage.ru_utime + usage.ru_stime}
     metrics = json.loads(stdout[stdout.index("{"):])
+    if "members" in metrics:  # an ensemble (--ensemble N, or chosen by the defaults): its members' runs
+        result = {"wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024,
+                  "cpu_seconds": usage.ru_utime + usage.ru_stime, "members": metrics["members"],
+                  "train_seconds": metrics.get("train_seconds"),
+                  "log_tail": [line for line in stderr.splitlines() if line.strip()][-12:]}
+        if with_test and "test" in metrics:
+            result["test_accuracy"] = metrics["test"]["accuracy"]
+            result["test_macro_f1"] = metrics["test"]["macro_f1"]
+        return result
     epochs = metrics.get("epochs") or []
     best = next((e for e in epochs if e["epoch"] == metrics.get("best_epoch")), {})
     result: dict[str, Any] = {
@@ -363,6 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="fastText's threads")
     ap.add_argument("--quick", action="store_true", help="one fastText point and rnntext with --epochs 1")
     ap.add_argument("--valid-only", action="store_true", help="rnntext without its test file, no fastText")
+    ap.add_argument("--dev", action="store_true", help="score on a held-out part of train instead of test "
+                    "(SST-2: dev), to choose defaults; the test split is not used")
     ap.add_argument("--no-fasttext", action="store_true", help="rnntext only")
     ap.add_argument("--no-rnntext", action="store_true", help="fastText only")
     ap.add_argument("--ft-lrs", default=str(FT_LR), help="fastText learning rates in its grid, comma-separated")
@@ -385,12 +420,13 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.work_dir or tmp.name)  # type: ignore[union-attr]
     work.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"benchmark": "own_data", "command": command, "machine": machine(args.threads),
-                           "rnntext_options": extra, "valid_only": args.valid_only, "split_seed": SPLIT_SEED,
+                           "rnntext_options": extra, "valid_only": args.valid_only, "dev": args.dev,
+                           "split_seed": SPLIT_SEED,
                            "datasets": {}}
     try:
         for name in names:
             d = DATASETS[name]
-            files = materialise(d, Path(args.data_root), work)
+            files = materialise(d, Path(args.data_root), work, args.dev)
             r: dict[str, Any] = {"title": d.title, "train_rows": len(files.train), "test_rows": len(files.test),
                                  "valid_rows": len(files.valid) if files.valid is not None else None}
             print(f"{d.title}: {len(files.train)} train, {len(files.test)} test rows", flush=True)

@@ -66,6 +66,8 @@ MAX_BATCH_TOKENS = 64 * 1024  # train.max_batch_tokens's default
 MAX_TEXT_TOKENS = 4096  # the longest pretrain.seq_len (and data.max_len's default until issue 15)
 DEFAULT_MAX_LEN = 256  # data.max_len's default
 AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 5, 40  # epochs of a run without --epochs (training/stopping.py)
+MAX_MEMBERS = 16  # --members (model/members.py)
+AUTO_MAX_MEMBERS = 5  # the most members a run gets without --members (training/stopping.py)
 SELECT_BY = ("accuracy", "macro_f1", "loss")
 
 # (section, field) -> how to name the setting in a message: "data.valid_split", "--valid-split", ...
@@ -459,6 +461,11 @@ class ModelConfig(Settings):
     wide_join: str = setting("sum", choices=WIDE_JOINS,
                              help="sum: the wide part's class scores added to the model's (the same as joining the "
                                   "features before the output layer); mix: the class probabilities averaged")
+    # members (model/members.py): several models trained side by side in one run, their logits averaged
+    members: int | None = setting(None, min=1, max=MAX_MEMBERS, metavar="K", show_default=False,
+                                  help="models trained side by side in the run, predicting together (an ensemble "
+                                       "in one run); default: as many as the training budget allows, 1 to "
+                                       f"{AUTO_MAX_MEMBERS} (small data gets several, see docs/guides/own-data.md)")
     # keep pretrained vectors (--embeddings) fixed during training
     freeze_embeddings: bool = setting(False, group="vectors", help="keep the pretrained vectors fixed "
                                                                    "(default: tune them)", show_default=False)

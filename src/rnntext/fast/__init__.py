@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..model.base import TextClassifier
+from ..model.members import MembersClassifier, combine
 from ..model.wide import WideClassifier
 from . import adamw, gru
 
@@ -108,6 +109,11 @@ def inference_forward(model: nn.Module, device: torch.device, precision: str = "
     loop where it applies, else the model itself. What it precomputes from the weights is kept:
     make a new one after the weights change. `precision` "bf16": the GRU loop's recurrence in bfloat16
     (opt-in; elsewhere float32)."""
+    if isinstance(model, MembersClassifier):  # each member's fastest forward, their logits averaged
+        each = [inference_forward(m, device, precision) for m in model.each()]
+        if all(f is m for f, m in zip(each, model.each())):
+            return model
+        return lambda tokens, lengths, offsets=None: combine([f(tokens, lengths, offsets) for f in each])
     if isinstance(model, WideClassifier):  # the deep part's fastest forward, joined with the wide part
         deep = inference_forward(model.deep, device, precision)
         if deep is model.deep:
@@ -123,6 +129,8 @@ def inference_forward(model: nn.Module, device: torch.device, precision: str = "
 def prediction_batch(model: TextClassifier, device: torch.device) -> int:
     """Texts per prediction batch: large for the one-layer GRU loop (it pays there,
     benchmarks/predict.py), the model's own choice otherwise."""
+    if isinstance(model, MembersClassifier):
+        return prediction_batch(model.each()[0], device)
     if isinstance(model, WideClassifier):
         return prediction_batch(model.deep, device)
     if enabled() and gru.supports(model, device) and len(model.layers) == 1:  # type: ignore[attr-defined]

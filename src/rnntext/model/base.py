@@ -41,6 +41,11 @@ class TextClassifier(nn.Module):
         them sparse gradients. The word table, and any other (the wide part's, model/wide.py)."""
         return [self.embedding]
 
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """The parameters whose gradient norm --clip bounds, group by group: the whole model; each member
+        of a members model (members.py) on its own."""
+        return [list(self.parameters())]
+
     def packs_on(self, device: torch.device) -> bool:
         """Whether the model runs packed sequences on `device` (only recurrent models may)."""
         return False

@@ -35,7 +35,16 @@ def model_class(name: str) -> type[TextClassifier]:
 
 def build_model(cfg: ModelConfig) -> TextClassifier:
     """The model `cfg` describes (its vocab_size and num_classes filled in); with wide_ngrams, joined
-    with a wide part of hashed word n-grams (wide.py)."""
+    with a wide part of hashed word n-grams (wide.py); with members > 1, that many of them trained side
+    by side (members.py; unset counts as 1: the trainer sets it)."""
+    models = [_build_one(cfg) for _ in range(cfg.members or 1)]
+    if len(models) == 1:
+        return models[0]
+    members = importlib.import_module(f"{__package__}.members")
+    return members.MembersClassifier(models)
+
+
+def _build_one(cfg: ModelConfig) -> TextClassifier:
     model = model_class(cfg.model).from_config(cfg)
     if cfg.wide_ngrams:
         wide = importlib.import_module(f"{__package__}.wide")

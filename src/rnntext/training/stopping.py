@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import AUTO_MAX_EPOCHS, AUTO_MIN_EPOCHS, TrainConfig
+from ..config import AUTO_MAX_EPOCHS, AUTO_MAX_MEMBERS, AUTO_MIN_EPOCHS, TrainConfig
 from ..data import Encoded
 from ..model.base import TextClassifier
 from . import distributed
@@ -28,6 +28,10 @@ from .logits import predict_logits
 from .metrics import classification_report
 
 # --select-by NAME -> the key of a metrics.json "epochs" row
+# Members: a run gets several while they cost no more than this many token-passes together (epochs x
+# training tokens x members). AG News (20k train: ~0.9M tokens x 5 epochs) gets one.
+MEMBER_BUDGET = 8_000_000
+
 SELECT_KEYS = {"accuracy": "valid_accuracy", "macro_f1": "valid_macro_f1", "loss": "valid_loss"}
 
 
@@ -37,6 +41,12 @@ def planned_epochs(train: TrainConfig, steps_per_epoch: int) -> int:
         return train.epochs
     need = math.ceil(train.min_steps / max(steps_per_epoch, 1))
     return min(max(need, AUTO_MIN_EPOCHS), AUTO_MAX_EPOCHS)
+
+
+def planned_members(cost: int) -> int:
+    """Members of a run without --members (model/members.py): as many as fit MEMBER_BUDGET token-passes,
+    where one member costs `cost` (epochs x training tokens), 1 to AUTO_MAX_MEMBERS."""
+    return max(1, min(AUTO_MAX_MEMBERS, MEMBER_BUDGET // max(cost, 1)))
 
 
 def validation_metrics(model: TextClassifier, data: Encoded, label_names: list[str], device: torch.device,

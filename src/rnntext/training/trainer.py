@@ -147,6 +147,15 @@ class Trainer:
 
         # --- model, optimiser, schedule
         self.embeddings = pretrained_embeddings(cfg, p, self.log)  # --embeddings: sets embed_dim from the file
+        self.steps_per_epoch = len(self.epoch_order(0))
+        if cfg.train.epochs is None:  # a run's epochs are fixed here: config.json and checkpoints hold them
+            cfg.train.epochs = stopping.planned_epochs(cfg.train, self.steps_per_epoch)
+            self.log(f"epochs: {cfg.train.epochs} of {self.steps_per_epoch} steps (--min-steps {cfg.train.min_steps})")
+        if cfg.model.members is None:  # and its members (model/members.py), from what one of them costs
+            cfg.model.members = stopping.planned_members(cfg.train.epochs * int(p.train.lengths.sum()))
+            if cfg.model.members > 1:
+                self.log(f"members: {cfg.model.members} models trained side by side (small data: --members 1 "
+                         "for one)")
         seed_everything(cfg.train.seed)
         self.model = build_model(cfg.model).to(self.device)
         if self.embeddings is not None:  # before DDP wraps the model: it must see frozen weights as such
@@ -159,13 +168,10 @@ class Trainer:
         distributed.seed_rank(cfg.train.seed, self.dist)
         self.flat = self.model.batch_layout == "flat"
         self.params = list(self.model.parameters())
+        self.clip_groups = self.model.clip_groups()
         self.n_params = sum(q.numel() for q in self.params)
         self.log(f"model: {cfg.model.model}, {self.n_params:,} parameters, device {self.device}")
         self.optimizer = fast.make_optimizer(self.model, cfg.train, self.device, self.dist.active, self.log)
-        self.steps_per_epoch = len(self.epoch_order(0))
-        if cfg.train.epochs is None:  # a run's epochs are fixed here: config.json and checkpoints hold them
-            cfg.train.epochs = stopping.planned_epochs(cfg.train, self.steps_per_epoch)
-            self.log(f"epochs: {cfg.train.epochs} of {self.steps_per_epoch} steps (--min-steps {cfg.train.min_steps})")
         self.schedule = make_schedule(cfg, self.optimizer, self.steps_per_epoch * cfg.train.epochs)
         if self.dist.active:
             n, bs = self.dist.world_size, cfg.train.batch_size
@@ -195,16 +201,26 @@ class Trainer:
         """One optimiser step on `batch` (or the rows of an index tensor): (summed loss, correct, rows)."""
         b = self._batch(batch)
         logits = self.train_module(b.tokens, b.lengths, b.offsets)
+        labels = b.labels
+        joint, members = None, 1
+        if logits.dim() == 3:  # [B, K, C]: K members (model/members.py), each trained on its own loss
+            members = logits.shape[1]
+            joint = logits.detach().mean(1)
+            logits, labels = logits.flatten(0, 1), labels.repeat_interleave(members, dim=0)
         if b.labels.dim() == 2:  # multi-label: binary cross-entropy per label (training/multilabel.py)
-            loss, hits = ml.loss_and_hits(logits, b.labels)
+            loss, hits = ml.loss_and_hits(logits, labels)
+            if joint is not None:
+                hits = ml.loss_and_hits(joint, b.labels)[1]
         else:
-            loss = F.cross_entropy(logits, b.labels, weight=self.class_weight)
-            hits = int((logits.argmax(1) == b.labels).sum())
+            loss = F.cross_entropy(logits, labels, weight=self.class_weight)
+            hits = int(((logits if joint is None else joint).argmax(1) == b.labels).sum())
         for q in self.params:  # optimizer.zero_grad(set_to_none=True) without its per-step overhead
             q.grad = None
-        loss.backward()
+        # the members' mean loss times K: the sum of their losses, so each gets the gradient it would alone
+        (loss * members if members > 1 else loss).backward()
         if self.cfg.train.clip:
-            fast.clip_grad_norm(self.model.parameters(), self.cfg.train.clip)  # sparse gradients too
+            for group in self.clip_groups:  # sparse gradients too; each member's norm clipped on its own
+                fast.clip_grad_norm(group, self.cfg.train.clip)
         self.optimizer.step()
         self.schedule.step()
         n = len(b)
