@@ -201,23 +201,19 @@ class Trainer:
         """One optimiser step on `batch` (or the rows of an index tensor): (summed loss, correct, rows)."""
         b = self._batch(batch)
         logits = self.train_module(b.tokens, b.lengths, b.offsets)
-        labels = b.labels
-        joint, members = None, 1
         if logits.dim() == 3:  # [B, K, C]: K members (model/members.py), each trained on its own loss
-            members = logits.shape[1]
-            joint = logits.detach().mean(1)
-            logits, labels = logits.flatten(0, 1), labels.repeat_interleave(members, dim=0)
-        if b.labels.dim() == 2:  # multi-label: binary cross-entropy per label (training/multilabel.py)
-            loss, hits = ml.loss_and_hits(logits, labels)
-            if joint is not None:
-                hits = ml.loss_and_hits(joint, b.labels)[1]
+            # their losses summed, each computed as alone: one loss over the K members' rows would divide
+            # a class-weighted sum by all the rows' weights at once, which rounds differently (by an ulp)
+            losses = [self._loss(logits[:, k], b.labels) for k in range(logits.shape[1])]
+            objective = torch.stack(losses).sum()
+            loss = objective.detach() / len(losses)  # reported: the members' mean loss
+            hits = self._hits(logits.detach().mean(1), b.labels)  # the joint prediction's
         else:
-            loss = F.cross_entropy(logits, labels, weight=self.class_weight)
-            hits = int(((logits if joint is None else joint).argmax(1) == b.labels).sum())
+            objective = loss = self._loss(logits, b.labels)
+            hits = self._hits(logits.detach(), b.labels)
         for q in self.params:  # optimizer.zero_grad(set_to_none=True) without its per-step overhead
             q.grad = None
-        # the members' mean loss times K: the sum of their losses, so each gets the gradient it would alone
-        (loss * members if members > 1 else loss).backward()
+        objective.backward()
         if self.cfg.train.clip:
             for group in self.clip_groups:  # sparse gradients too; each member's norm clipped on its own
                 fast.clip_grad_norm(group, self.cfg.train.clip)
@@ -225,6 +221,19 @@ class Trainer:
         self.schedule.step()
         n = len(b)
         return loss.item() * n, hits, n
+
+    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The training loss of `logits` [B, C]: cross-entropy (class-weighted with --class-weight), or for
+        multi-label targets binary cross-entropy per label (training/multilabel.py)."""
+        if labels.dim() == 2:
+            return ml.loss_and_hits(logits, labels)[0]
+        return F.cross_entropy(logits, labels, weight=self.class_weight)
+
+    @staticmethod
+    def _hits(logits: Tensor, labels: Tensor) -> int:
+        if labels.dim() == 2:
+            return ml.loss_and_hits(logits, labels)[1]
+        return int((logits.argmax(1) == labels).sum())
 
     def _batch(self, batch: Batch | Tensor) -> Batch:
         return (batch if isinstance(batch, Batch) else make_batch(self.data.train, batch, self.flat)).to(self.device)
