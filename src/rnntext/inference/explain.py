@@ -19,9 +19,12 @@ there), so a text explained in a batch with longer ones gets the attributions it
 
 With `data.ngrams` > 1 the model also sees n-gram tokens: each n-gram's attribution is shared out
 equally among its words (the total stays the same), and the n-grams' own attributions are kept in
-`Explanation.ngrams`. An ensemble's explanation is the mean of its members' attributions, each
-member over its own vocabulary and n-grams; the members must split a text into the same words
-(the same tokenizer and max_len), or a ConfigError says so."""
+`Explanation.ngrams`. An ensemble's explanation is the mean of its runs' attributions, each run
+over its own vocabulary and n-grams; the runs must split a text into the same words (the same
+tokenizer and max_len), or a ConfigError says so. A members run (`--members K`, model/members.py)
+is explained by the same rule: the mean of its members' attributions, each member explained alone
+(its own word table), toward the class the run predicts; in an ensemble such a run weighs as one
+run, as its probabilities do."""
 
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from ..data.tokenizer import Tokenizer, add_ngrams
 from ..data.vocab import PAD_ID, UNK_ID
 from ..errors import ConfigError
 from ..model.base import TextClassifier
+from ..model.members import MembersClassifier
 from ..model.wide import WideClassifier, WidePart, join
 
 # The predictor imports this module; explain() receives a Predictor without importing it back.
@@ -130,6 +134,8 @@ class _PositionModel(nn.Module):
 
     def __init__(self, model: TextClassifier, multi_label: bool = False):
         super().__init__()
+        if isinstance(model, MembersClassifier):  # each member reads its own word table: no one layer to attribute
+            raise ValueError("a members model is explained member by member (model.each()); explain() averages them")
         self.multi_label = multi_label  # each label's sigmoid (training/multilabel.py), not the softmax
         # a wide model: its deep part runs on the word vectors as any model does, its wide part on the
         # positions' n-gram vectors (both attributed: each n-gram's share goes to each of its words)
@@ -264,10 +270,22 @@ def _word_split(run: Any) -> tuple[str, int | None]:
     return t.name, (t.max_len if budget is None else min(t.max_len or budget, budget))
 
 
+def _explained_models(runs: Sequence[Any]) -> list[tuple[Any, TextClassifier, float]]:
+    """(run, model, weight) for each model explained on its own, the weights those of the ensemble's mean:
+    each run 1/len(runs), shared equally among a members run's members (model/members.py), as the
+    predictor's probabilities average the runs and a members model averages its members."""
+    out = []
+    for run in runs:
+        models = run.model.each() if isinstance(run.model, MembersClassifier) else [run.model]
+        out.extend((run, m, 1 / (len(runs) * len(models))) for m in models)
+    return out
+
+
 def explain(predictor: Predictor, texts: Sequence[str] | str, label: str | None = None, method: str = "ig",
             steps: int = DEFAULT_STEPS) -> list[Explanation]:
     """One Explanation per text: each word's attribution to the probability of `label` (default:
-    the predicted class). For an ensemble, the mean of its members' attributions."""
+    the predicted class). For an ensemble, the mean of its runs' attributions; for a members run, the mean
+    of its members'."""
     if isinstance(texts, str):
         texts = [texts]
     texts = list(texts)
@@ -294,29 +312,28 @@ def explain(predictor: Predictor, texts: Sequence[str] | str, label: str | None 
     total = [[0.0] * len(w) for w in words]
     ngram_totals: list[dict[str, float]] = [{} for _ in texts]
     delta_sum = [0.0] * len(texts)
-    for run in predictor.runs:
+    for run, model, weight in _explained_models(predictor.runs):
         n = run.tokenizer.ngrams
         budget = _budget(run)
         rows = [(run.vocab.encode(add_ngrams(w, n) if n > 1 else w) or [UNK_ID])[:budget] for w in words]
-        scores, deltas = attribute(run.model, rows, targets, predictor.device, method, steps,
+        scores, deltas = attribute(model, rows, targets, predictor.device, method, steps,
                                    getattr(predictor, "multi_label", False))
         for i, w in enumerate(words):
             if not w:  # an empty text: the model read one <unk>, which is no word of it
                 continue
             per_word, ngrams = _words_and_ngrams(w, n, scores[i])
-            total[i] = [a + b for a, b in zip(total[i], per_word)]
+            total[i] = [a + weight * b for a, b in zip(total[i], per_word)]
             for g, s in ngrams:
-                ngram_totals[i][g] = ngram_totals[i].get(g, 0.0) + s
-            delta_sum[i] += deltas[i] or 0.0
-    m = len(predictor.runs)
+                ngram_totals[i][g] = ngram_totals[i].get(g, 0.0) + weight * s
+            delta_sum[i] += weight * (deltas[i] or 0.0)
     out = []
     for i in range(len(texts)):
         out.append(Explanation(
             label=labels[targets[i]], predicted=labels[predicted[i]],
             probabilities={k: round(p, 6) for k, p in zip(labels, probs[i].tolist())},
-            tokens=words[i], attributions=[a / m for a in total[i]],
-            delta=delta_sum[i] / m if method == "ig" else None, method=method,
-            ngrams=[(g, s / m) for g, s in ngram_totals[i].items()]))
+            tokens=words[i], attributions=total[i],
+            delta=delta_sum[i] if method == "ig" else None, method=method,
+            ngrams=list(ngram_totals[i].items())))
     return out
 
 

@@ -117,14 +117,16 @@ def entry_config(base: RunConfig, entry: Entry, overrides: dict[str, Any] | None
 
 
 def describe_model(m: ModelConfig) -> str:
+    # a members run (model/members.py) has K times one model's parameters: the row says why
+    members = f", {m.members} members" if m.members and m.members > 1 else ""
     if m.model == "bag":
-        return f"EmbeddingBag (embed {m.embed_dim})"
+        return f"EmbeddingBag (embed {m.embed_dim}){members}"
     cell = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}.get(m.model)
     if cell is None:  # another registered family: its name and sizes
-        return f"{m.model} (embed {m.embed_dim}, hidden {m.hidden_dim})"
+        return f"{m.model} (embed {m.embed_dim}, hidden {m.hidden_dim}){members}"
     layers = f"{m.num_layers}x" if m.num_layers > 1 else ""
     return (f"{'Bi' if m.bidirectional else ''}{cell} {layers}{m.hidden_dim}, embed {m.embed_dim}, "
-            f"{m.pooling}, {'packed' if m.packed else 'padded'}")
+            f"{m.pooling}, {'packed' if m.packed else 'padded'}{members}")
 
 
 def summarize(name: str, cfg: RunConfig, metrics: dict[str, Any]) -> dict[str, Any]:
