@@ -11,7 +11,12 @@ Every family exports in the padded layout: the bag model's mean of word vectors 
 mean over a padded batch (the same numbers as nn.EmbeddingBag). The exporter is torch.export's
 (`dynamo=True`): the TorchScript one freezes the sequence length of the reversal within each length
 into the graph and gives wrong probabilities for other lengths. `--int8` quantises the weights of the
-exported model with onnxruntime's dynamic quantisation (int8 weights, activations quantised per batch)."""
+exported model with onnxruntime's dynamic quantisation (int8 weights, activations quantised per batch).
+
+A members run (`--members K`, model/members.py) exports as one graph: each member's own graph (the one it
+would export alone, ending in its logits), its names prefixed m0_, m1_, ..., all reading the same tokens
+and lengths; the output is the softmax of the mean of their logits, as the model's eval forward. The
+predictor, calibration and --int8 read it as any other export."""
 
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from ..io import atomic_write_json
 from ..model.bag import BagClassifier
 from ..model.base import TextClassifier
 from ..model.cnn import CNNClassifier
+from ..model.members import MembersClassifier
 from ..model.recurrent import RecurrentClassifier
 from ..model.wide import HASH_PRIME, WideClassifier, join, ngram_count
 from ..training.rundir import LABELS, VOCAB, Run, load_run
@@ -44,14 +50,19 @@ FORMAT = 1  # export.json's format
 MODEL, SETTINGS = "model.onnx", "export.json"
 OPSET = 18
 FORMATS = ("onnx",)
+OUTPUTS = ("probabilities", "logits")  # what a model's graph ends in: "logits" are its forward's (for members)
 
 
 class PaddedProbabilities(nn.Module):
-    """`model` as tokens [B, T], lengths [B] -> class probabilities [B, classes], for export. A wide
-    model (model/wide.py): its deep part so, joined with the wide part's scores."""
+    """`model` as tokens [B, T], lengths [B] -> class probabilities [B, classes], for export (`output`
+    "logits": the logits the model's forward gives instead). A wide model (model/wide.py): its deep part
+    so, joined with the wide part's scores."""
 
-    def __init__(self, model: TextClassifier):
+    def __init__(self, model: TextClassifier, output: str = "probabilities"):
         super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown output {output!r}")
+        self.logits = output == "logits"
         self.wide = model if isinstance(model, WideClassifier) else None
         model = model.deep if isinstance(model, WideClassifier) else model
         self.model = model
@@ -67,7 +78,7 @@ class PaddedProbabilities(nn.Module):
             total = nn.functional.embedding(ids, w.table.weight).sum(1)
             features = total / ngram_count(lengths, w.ngrams)[:, None].to(total.dtype)
             logits = join(logits, w.fc(features), self.wide.join)
-        return logits.softmax(1)
+        return logits if self.logits else logits.softmax(1)
 
     def deep_logits(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         if self.bag:
@@ -88,24 +99,80 @@ class PaddedProbabilities(nn.Module):
         return logits
 
 
-def exportable(model: TextClassifier) -> PaddedProbabilities:
+def exportable(model: TextClassifier, output: str = "probabilities") -> PaddedProbabilities:
     """A copy of `model` in eval mode, wrapped for torch.onnx.export (the bag and CNN families)."""
     deep = model.deep if isinstance(model, WideClassifier) else model
     if not isinstance(deep, (BagClassifier, CNNClassifier)):
         raise ConfigError(f"model {type(model).__name__} cannot be exported to ONNX: rnntext knows how to export "
                           "the rnn, lstm, gru, bag and cnn families")
-    return PaddedProbabilities(copy.deepcopy(model).eval().float())
+    return PaddedProbabilities(copy.deepcopy(model).eval().float(), output)
 
 
 def export_model(model: TextClassifier, path: str | Path) -> None:
     """`model` as ONNX at `path` (one file, dynamic batch and sequence length)."""
+    import onnx
+
+    onnx.save(model_graph(model), str(path))
+
+
+def model_graph(model: TextClassifier, output: str = "probabilities") -> Any:
+    """`model` as an ONNX model (inputs tokens, lengths; the one output named `output`, see OUTPUTS)."""
+    if isinstance(model, MembersClassifier):
+        if output != "probabilities":
+            raise ValueError("a members graph ends in the members' joint probabilities")
+        return members_graph(model)
     if isinstance(model, RecurrentClassifier) or (isinstance(model, WideClassifier)
                                                   and isinstance(model.deep, RecurrentClassifier)):
-        import onnx
+        return recurrent_graph(model, output)
+    return torch_graph(model, output)
 
-        onnx.save(recurrent_graph(model), str(path))
-        return
-    wrapper = exportable(model)
+
+def members_graph(model: MembersClassifier) -> Any:
+    """One graph for a members model (model/members.py): each member's graph, ending in its logits, with
+    its names prefixed m{k}_ (onnx.compose.add_prefix_graph) and the inputs shared; then the mean of the
+    members' logits and its softmax, as MembersClassifier.forward in eval mode. Averaging logits rather
+    than log(probabilities) keeps a member's float32 probability that underflows to 0 from zeroing the
+    joint one."""
+    import onnx
+    from onnx import TensorProto, helper
+    from onnx.compose import add_prefix_graph
+
+    nodes: list = []
+    init: list = []
+    infos: list = []
+    logits: list[str] = []
+    opsets: dict[str, int] = {"": OPSET}
+    for k, member in enumerate(model.each()):
+        one = model_graph(member, "logits")
+        for o in one.opset_import:
+            opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+        g = add_prefix_graph(one.graph, f"m{k}_", rename_inputs=False)
+        if [i.name for i in g.input] != ["tokens", "lengths"] or len(g.output) != 1:
+            raise RnnTextError(f"cannot export member {k} of this {type(model).__name__}: its graph has inputs "
+                               f"{[i.name for i in g.input]} and {len(g.output)} outputs")
+        nodes += g.node
+        init += g.initializer
+        infos += g.value_info
+        logits.append(g.output[0].name)
+    nodes.append(helper.make_node("Mean", logits, ["logits"], name="members_mean"))
+    nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], name="members_softmax", axis=1))
+    graph = helper.make_graph(
+        nodes, "rnntext", [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "steps"]),
+                           helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", model.num_classes])], init,
+        value_info=infos)
+    out = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+                            producer_name="rnntext")
+    out.ir_version = min(out.ir_version, 10)
+    onnx.checker.check_model(out)
+    return out
+
+
+def torch_graph(model: TextClassifier, output: str = "probabilities") -> Any:
+    """The bag and CNN families (and their wide models) through torch.onnx's dynamo exporter."""
+    import onnx
+
+    wrapper = exportable(model, output)
     tokens = torch.tensor([[5, 6, 7, 8, 9, 10, 11], [5, 6, 7, 0, 0, 0, 0], [2, 0, 0, 0, 0, 0, 0]]) % max(
         model.embedding.weight.shape[0], 1)
     lengths = torch.tensor([7, 3, 1])
@@ -118,21 +185,21 @@ def export_model(model: TextClassifier, path: str | Path) -> None:
         with warnings.catch_warnings(), _quiet():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(wrapper, (tokens, lengths), dynamo=True, dynamic_shapes=shapes,
-                                        input_names=["tokens", "lengths"], output_names=["probabilities"],
+                                        input_names=["tokens", "lengths"], output_names=[output],
                                         opset_version=OPSET, verbose=False)
     except Exception as e:  # the exporter raises many kinds; say which model could not be exported, in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RnnTextError(f"cannot export this {type(model).__name__} to ONNX: {first[:300]}") from None
     finally:
         logger.setLevel(level)
-    program.save(str(path), external_data=False)
-    import onnx
-
-    inputs = onnx.load(str(path)).graph.input
-    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in inputs]
+    with tempfile.TemporaryDirectory() as tmp:
+        program.save(str(Path(tmp) / MODEL), external_data=False)
+        proto = onnx.load(str(Path(tmp) / MODEL))
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input]
     if dims != [["batch", "steps"], ["batch"]]:
         raise RnnTextError(f"cannot export this {type(model).__name__} to ONNX with a dynamic batch and length: "
                            f"the exporter fixed the inputs' shapes at {dims}")
+    return proto
 
 
 # torch's gate order -> ONNX's: GRU (r, z, n) -> (z, r, h); LSTM (i, f, g, o) -> (i, o, f, c); RNN: one gate
@@ -140,12 +207,13 @@ GATES = {"gru": [1, 0, 2], "lstm": [0, 3, 1, 2], "rnn": [0]}
 ONNX_OP = {"gru": "GRU", "lstm": "LSTM", "rnn": "RNN"}
 
 
-def recurrent_graph(model: RecurrentClassifier | WideClassifier) -> Any:
+def recurrent_graph(model: RecurrentClassifier | WideClassifier, output: str = "probabilities") -> Any:
     """The recurrent classifier as an ONNX graph written op by op. torch.onnx's exporters cannot do it
     (torch 2.13): the TorchScript one gives wrong probabilities, the dynamo one fixes the sequence length of
     every layer after the first at the example's and exports nn.RNN only with a fixed length. ONNX's
     recurrent ops take each text's length (sequence_lens) and read the backward direction reversed within
-    it, which is what the model does: one GRU / LSTM / RNN op per layer, both directions in it."""
+    it, which is what the model does: one GRU / LSTM / RNN op per layer, both directions in it. `output`
+    (OUTPUTS): the graph ends in the class probabilities or in the logits the model's forward gives."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -221,26 +289,29 @@ def recurrent_graph(model: RecurrentClassifier | WideClassifier) -> Any:
             masked = node("Where", [mask, x, low], "masked")
             parts.append(node("ReduceMax", [masked, "axis0"], "max", keepdims=0))
         feats = parts[0] if len(parts) == 1 else node("Concat", parts, "features", axis=1)
-    logits = node("Gemm", [feats, const("fc_w", weights(m.fc.weight)), const("fc_b", weights(m.fc.bias))], "logits",
-                  transB=1)
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown output {output!r}")
+    logits = node("Gemm", [feats, const("fc_w", weights(m.fc.weight)), const("fc_b", weights(m.fc.bias))],
+                  "logits" if wide is None else "deep_logits", transB=1)
     if wide is None:
-        node("Softmax", [logits], "probabilities", axis=1)
+        if output == "probabilities":
+            node("Softmax", [logits], "probabilities", axis=1)
     else:
-        wide_graph(wide, logits, node, const)
+        wide_graph(wide, logits, node, const, output)
     graph = helper.make_graph(
         nodes, "rnntext", [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "steps"]),
                            helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", m.num_classes])], init)
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", m.num_classes])], init)
     out = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="rnntext")
     out.ir_version = min(out.ir_version, 10)
     onnx.checker.check_model(out)
     return out
 
 
-def wide_graph(model: WideClassifier, deep_logits: str, node: Callable[..., str], const: Callable[[str, Any], str]
-               ) -> None:
+def wide_graph(model: WideClassifier, deep_logits: str, node: Callable[..., str], const: Callable[[str, Any], str],
+               output: str = "probabilities") -> None:
     """The wide part's nodes (model/wide.py, op by op: the same integer hash, then a gather and a sum),
-    joined with `deep_logits` into "probabilities"."""
+    joined with `deep_logits` into `output`: "probabilities", or "logits" as wide.join gives them."""
     import numpy as np
     from onnx import TensorProto
 
@@ -281,11 +352,21 @@ def wide_graph(model: WideClassifier, deep_logits: str, node: Callable[..., str]
     wide_logits = node("Gemm", [features, const("w_fc_w", w.fc.weight.detach().float().cpu().numpy()),
                                 const("w_fc_b", w.fc.bias.detach().float().cpu().numpy())], "w_logits", transB=1)
     if model.join == "sum":
-        node("Softmax", [node("Add", [deep_logits, wide_logits], "joined")], "probabilities", axis=1)
-    else:  # the mean of the two parts' probabilities
+        joined = node("Add", [deep_logits, wide_logits], "logits")
+        if output == "probabilities":
+            node("Softmax", [joined], "probabilities", axis=1)
+    elif output == "probabilities":  # the mean of the two parts' probabilities
         both = node("Add", [node("Softmax", [deep_logits], "p_deep", axis=1),
                             node("Softmax", [wide_logits], "p_wide", axis=1)], "p_both")
         node("Mul", [both, const("w_half", np.array(0.5, dtype=np.float32))], "probabilities")
+    else:  # the mixture's log-probabilities as wide.join: logaddexp of the parts' log-softmax, less log 2
+        a = node("LogSoftmax", [deep_logits], "lp_deep", axis=1)
+        b = node("LogSoftmax", [wide_logits], "lp_wide", axis=1)
+        top = node("Max", [a, b], "lp_max")
+        total = node("Add", [node("Exp", [node("Sub", [a, top], "lp_a")], "e_a"),
+                             node("Exp", [node("Sub", [b, top], "lp_b")], "e_b")], "e_sum")
+        node("Sub", [node("Add", [top, node("Log", [total], "log_sum")], "lp_both"),
+                     const("w_log2", np.array(np.log(2.0), dtype=np.float32))], "logits")
 
 
 class _quiet:
@@ -389,8 +470,12 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", int8: bo
         shutil.copyfile(Path(run_dir) / name, out / name)
     atomic_write_json(out / SETTINGS, settings(run, int8))
     size = (out / MODEL).stat().st_size
-    log(f"exported {run.config.model.model} ({'int8' if int8 else 'fp32'}, {size / 2**20:.1f} MiB) to {out / MODEL}")
+    name = run.config.model.model
+    if isinstance(run.model, MembersClassifier):
+        name += f" x {len(run.model.each())} members"
+    log(f"exported {name} ({'int8' if int8 else 'fp32'}, {size / 2**20:.1f} MiB) to {out / MODEL}")
     return out / MODEL
 
 
-__all__ = ["FORMATS", "MODEL", "SETTINGS", "PaddedProbabilities", "export_model", "export_run", "quantize_int8"]
+__all__ = ["FORMATS", "MODEL", "OUTPUTS", "SETTINGS", "PaddedProbabilities", "export_model", "export_run",
+           "members_graph", "model_graph", "quantize_int8"]
