@@ -92,6 +92,26 @@ def test_members_graph_equals_the_torch_models_eval_probabilities(settings: dict
     assert float(np.abs(expected - 1 / CLASSES).max()) > 0.05  # a model that says something
 
 
+def test_confident_members_that_disagree_average_as_logits(tmp_path: Path) -> None:
+    """Member 0 puts class 0 200 above the others, member 1 200 below: each alone gives it a float32
+    probability of 0 (or 1), and their mean logits are level. The graph averages logits, so it says 1/3
+    each as torch does (the mean of log(probabilities) would be -inf for class 0)."""
+    cfg = ModelConfig(model="gru", embed_dim=8, hidden_dim=5, members=2)
+    cfg.vocab_size, cfg.num_classes = VOCAB, CLASSES
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for member, top in zip(model.each(), (200.0, -200.0)):
+            member.fc.weight.zero_()  # type: ignore[union-attr, operator]
+            member.fc.bias.copy_(torch.tensor([top, 0.0, 0.0]))  # type: ignore[union-attr, operator]
+    export_model(model, tmp_path / "model.onnx")
+    tokens, lens = _batch([3, 1], 0)
+    got = ort.InferenceSession(str(tmp_path / "model.onnx"), session_options(1)).run(
+        None, {"tokens": tokens.numpy(), "lengths": lens.numpy()})[0]
+    np.testing.assert_allclose(got, _probabilities(model, tokens, lens), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(got, np.full((2, CLASSES), 1 / CLASSES), atol=1e-6, rtol=0)
+    assert _probabilities(model.each()[1], tokens, lens)[:, 0].max() == 0.0  # member 1 alone: underflow
+
+
 WORDS = {"sport": "goal match team cup striker", "money": "bank stocks rates market profit",
          "tech": "chip laptop software phone code"}
 TEXTS = ["goal match team", "bank rates fell", "new chip and laptop", "", "cup", "stocks goal software " * 6,
