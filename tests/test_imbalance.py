@@ -112,8 +112,9 @@ def test_class_weights_reach_the_training_loss(write_data: Callable[..., Path], 
     """The loss of a training step is the weighted mean sum(w_y * nll) / sum(w_y), and the run keeps the
     setting (config.json) and the weights it gave (metrics.json)."""
     path = write_data("train.csv", ["text", "label"], _imbalanced(200, 10))
+    # one plain model (--members 1): the step's loss is computed here from its [B, C] logits
     cfg = make_tiny_config(data__train=str(path), train__class_weight="balanced", model__dropout=0.0,
-                           model__embed_dropout=0.0)
+                           model__embed_dropout=0.0, model__members=1)
     trainer = Trainer(cfg, None, progress=False, log=lambda s: None)
     assert trainer.class_weight is not None
     # 5% of 210 rows, stratified: 10 pos (and no neg, 0.5 rounded down) to validation; 190 pos, 10 neg train
