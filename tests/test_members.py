@@ -84,15 +84,16 @@ def _states(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 # --- each member trains as it would alone --------------------------------------------------------
 
-@pytest.mark.parametrize("members, clip, class_weight, fast_path", [
-    (2, 1.0, None, "1"),
-    (3, 1e-3, None, "1"),  # clipping bites at every step: each member's norm must be clipped on its own
-    (2, 1e-3, "balanced", "1"),  # the weighted loss: its normaliser is the sum of the rows' weights
-    (2, 1e-3, None, "0"),  # the stock optimiser (torch.optim.AdamW, fused, dense gradients)
+@pytest.mark.parametrize("members, clip, class_weight, fast_path, overlap", [
+    (2, 1.0, None, "1", False),
+    (3, 1e-3, None, "1", False),  # clipping bites at every step: each member's norm must be clipped on its own
+    (2, 1e-3, "balanced", "1", False),  # the weighted loss: its normaliser is the sum of the rows' weights
+    (2, 1e-3, None, "0", False),  # the stock optimiser (torch.optim.AdamW, fused, dense gradients)
+    (2, 1.0, None, "1", True),  # member 0's table updated on a second thread (--overlap-update), the others' not
 ])
 def test_each_member_ends_with_the_weights_it_reaches_trained_alone(
         data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, members: int, clip: float,
-        class_weight: str | None, fast_path: str) -> None:
+        class_weight: str | None, fast_path: str, overlap: bool) -> None:
     """The real Trainer, 2 epochs of 6 steps (the schedule across an epoch end), weight decay on, no
     dropout (a member draws its masks from the generator the others share, so with dropout it could not
     match a run alone), no validation (the last epoch's weights are the run's). Each member's weights
@@ -102,10 +103,12 @@ def test_each_member_ends_with_the_weights_it_reaches_trained_alone(
         data = _write(tmp_path / "skewed", skew=True)
     cfg = _cfg(data, model__dropout=0.0, model__embed_dropout=0.0, data__valid_split=0.0, train__epochs=2,
                train__epoch_size=6, train__weight_decay=0.1, train__clip=clip, train__class_weight=class_weight,
-               train__seed=3, model__members=members)
+               train__seed=3, model__members=members, train__overlap_update=overlap, train__threads=1 + overlap)
     joint = Trainer(cfg, None, **QUIET)
     assert isinstance(joint.model, MembersClassifier) and len(joint.model.each()) == members
     assert isinstance(joint.optimizer, fast.adamw.AdamW) == (fast_path == "1")
+    if overlap:  # it really overlaps
+        assert joint.optimizer.overlap is joint.model.each()[0].embedding
     starts = [_states(m) for m in joint.model.each()]
     assert not torch.equal(starts[0]["embedding.weight"], starts[1]["embedding.weight"])  # own random starts
     joint.fit()
