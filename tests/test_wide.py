@@ -153,8 +153,9 @@ def test_the_fast_path_gives_both_tables_sparse_gradients_and_trains_as_torch_ad
     from rnntext.training.trainer import Trainer
 
     train_csv, test_csv = _data(tmp_path)
+    # one plain model (--members 1): the test reads the WideClassifier's own tables (model.wide)
     cfg = make_tiny_config(data__train=train_csv, data__test=test_csv, model__wide_ngrams=2, model__wide_buckets=997,
-                           model__embed_dim=16, model__hidden_dim=16, train__weight_decay=0.1)
+                           model__embed_dim=16, model__hidden_dim=16, train__weight_decay=0.1, model__members=1)
     quiet: dict[str, Any] = {"progress": False, "log": lambda s: None}
     fast_run = Trainer(cfg, **quiet)
     assert isinstance(fast_run.optimizer, adamw.AdamW)
@@ -175,7 +176,9 @@ def test_prediction_hashes_as_training_did(tmp_path: Path) -> None:
     from rnntext.training.trainer import train
 
     train_csv, test_csv = _data(tmp_path)
-    cfg = make_tiny_config(data__train=train_csv, data__test=test_csv, model__wide_ngrams=3, model__wide_buckets=499)
+    # one plain model (--members 1): the test reads the WideClassifier itself (model.wide)
+    cfg = make_tiny_config(data__train=train_csv, data__test=test_csv, model__wide_ngrams=3, model__wide_buckets=499,
+                           model__members=1)
     result = train(cfg, str(tmp_path / "run"), progress=False, log=lambda s: None)
     assert isinstance(result.model, WideClassifier)
     test = result.prepared.test

@@ -219,9 +219,19 @@ class AdamW(torch.optim.AdamW):
         self._ahead = None
         next_tokens = self._next_tokens
         table = self._overlap_param(next_tokens) if closure is None else None
-        if table is not None and self._can_call_fused(skip=table):  # (table: next_tokens was given)
-            self._start_background(table, next_tokens)  # first: the next forward waits for its rows
-            self._fused_step(skip=table)
+        if table is not None and self._can_call_fused(skip=table, sparse=True):  # (table: next_tokens was given)
+            # the other tables (a wide part's, the other members' of a members model) the usual way:
+            # densified, then in the fused step with the rest
+            others = [(p, p.grad) for g in self.param_groups for p in g["params"]
+                      if p is not table and p.grad is not None and p.grad.is_sparse]
+            try:
+                for p, grad in others:
+                    p.grad = self._densify(p, grad)
+                self._start_background(table, next_tokens)  # first: the next forward waits for its rows
+                self._fused_step(skip=table)
+            finally:
+                for p, grad in others:
+                    p.grad = grad
             return None
         sparse: list[tuple[dict, Tensor, Tensor]] = []
         for group in self.param_groups:
@@ -244,10 +254,11 @@ class AdamW(torch.optim.AdamW):
                 p.grad = grad
         return loss
 
-    def _can_call_fused(self, skip: Tensor | None = None) -> bool:
+    def _can_call_fused(self, skip: Tensor | None = None, sparse: bool = False) -> bool:
         """Whether the step can go straight to torch's fused kernel: fused, plain AdamW, every
         parameter with a gradient already has its state (after the first step), one device and dtype.
-        `skip` (the overlapped embedding) needs its state only."""
+        `skip` (the overlapped embedding) needs its state only; `sparse`: the caller densifies the other
+        sparse gradients first."""
         if self.defaults.get("fused") is not True:
             return False
         devices = set()
@@ -256,7 +267,7 @@ class AdamW(torch.optim.AdamW):
                 return False
             for p in group["params"]:
                 if p.grad is not None:
-                    if p not in self.state or (p.grad.is_sparse and p is not skip):
+                    if p not in self.state or (p.grad.is_sparse and p is not skip and not sparse):
                         return False
                     devices.add((p.device, p.dtype))
         return len(devices) == 1
