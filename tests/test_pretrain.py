@@ -18,6 +18,7 @@ from rnntext.config import RunConfig
 from rnntext.data.encoder_dir import ENCODER_JSON, WEIGHTS, PretrainSettings, load_encoder
 from rnntext.errors import TrainingInterrupted
 from rnntext.model.lm import RecurrentLM
+from rnntext.model.members import MembersClassifier
 from rnntext.model.recurrent import RecurrentClassifier
 from rnntext.training.pretrain import Pretrainer, pretrain, resume_pretrain
 from rnntext.training.trainer import Trainer
@@ -137,11 +138,15 @@ def test_encoder_loads_without_its_texts_and_finetuning_starts_from_it(corpus: d
     cfg.data.encoder = str(enc_dir)
     tuned = Trainer(cfg, None, progress=False, log=quiet)
     assert tuned.data.vocab.itos == enc.vocab.itos  # the encoder's vocabulary, not one built on train.csv
-    state, fresh = tuned.model.state_dict(), plain.model.state_dict()
-    for k, v in enc.state.items():
-        assert torch.equal(state[k], v)  # the encoder's weights, exactly
-    assert not torch.equal(state["layers.0.0.weight_hh_l0"], fresh["layers.0.0.weight_hh_l0"])
-    assert torch.equal(state["fc.weight"], fresh["fc.weight"])  # the output layer starts as without it (same seed)
+    # small data: several members (model/members.py), each of them starting from the encoder
+    assert isinstance(tuned.model, MembersClassifier) and isinstance(plain.model, MembersClassifier)
+    assert len(tuned.model.each()) == len(plain.model.each()) > 1
+    for member, alone in zip(tuned.model.each(), plain.model.each()):
+        state, fresh = member.state_dict(), alone.state_dict()
+        for k, v in enc.state.items():
+            assert torch.equal(state[k], v)  # the encoder's weights, exactly
+        assert not torch.equal(state["layers.0.0.weight_hh_l0"], fresh["layers.0.0.weight_hh_l0"])
+        assert torch.equal(state["fc.weight"], fresh["fc.weight"])  # the output layer starts as without it (same seed)
     result = tuned.fit()
     assert result.metrics["epochs"][0]["valid_accuracy"] >= 0.0
 
