@@ -159,9 +159,9 @@ def test_member_0_of_any_count_is_the_plain_model() -> None:
 def test_members_1_is_the_plain_model_and_the_same_run_as_a_budget_of_one(tmp_path: Path) -> None:
     """A run whose cost (epochs x training tokens) leaves room for one member, with members unset and with
     --members 1: the plain model class, the same config and bit-identical weights. The epochs are computed
-    from MEMBER_BUDGET (nothing is monkeypatched); one step per epoch keeps the run short."""
+    from MEMBER_BUDGET (nothing is monkeypatched); small dimensions and wide batches keep the run short."""
     data = _write(tmp_path / "data", n_train=2000, n_test=20, filler=100)
-    cfg = _cfg(data, data__valid_split=0.0, train__epoch_size=1, train__batch_size=4)
+    cfg = _cfg(data, data__valid_split=0.0, train__batch_size=600)
     prepared = prepare(cfg.data, seed=cfg.train.seed, progress=False)
     tokens = int(prepared.train.lengths.sum())
     cfg.train.epochs = stopping.MEMBER_BUDGET // (2 * tokens) + 1  # cost > budget / 2: one member

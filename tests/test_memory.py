@@ -13,11 +13,12 @@ import os
 import random
 import resource
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
+
+from child_peak import peak_env, peak_mb, rnntext_command
 
 LONG_TOKENS = 50_000
 PEAK_RSS_MB = 1_500  # what each command may hold at most (a small model; torch itself is ~400 MB)
@@ -59,21 +60,20 @@ def _limit_address_space() -> None:
 
 def run_capped(args: list[str], cwd: Path, timeout: float = 900) -> tuple[int, str, str, float]:
     """`rnntext ARGS` in a child under the address-space limit: (exit status, stdout, stderr, peak RSS in MB
-    of that child alone, from wait4)."""
-    out_path, err_path = cwd / "stdout.txt", cwd / "stderr.txt"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    of that child alone, its VmHWM)."""
+    out_path, err_path, peak_path = cwd / "stdout.txt", cwd / "stderr.txt", cwd / "peak_kb.txt"
+    env = peak_env(peak_path, {**os.environ, "PYTHONWARNINGS": "ignore"})
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        child = subprocess.Popen([sys.executable, "-m", "rnntext", *args], cwd=cwd, stdout=out, stderr=err,
+        child = subprocess.Popen(rnntext_command(args), cwd=cwd, stdout=out, stderr=err,
                                  stdin=subprocess.DEVNULL, env=env, preexec_fn=_limit_address_space)
         killer = threading.Timer(timeout, child.kill)
         killer.start()
         try:
-            _, status, usage = os.wait4(child.pid, 0)
+            _, status, _usage = os.wait4(child.pid, 0)
         finally:
             killer.cancel()
         child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-    peak_mb = usage.ru_maxrss / 1024  # kilobytes on Linux
-    return child.returncode, out_path.read_text(), err_path.read_text(), peak_mb
+    return child.returncode, out_path.read_text(), err_path.read_text(), peak_mb(peak_path)
 
 
 def _check(result: tuple[int, str, str, float], what: str) -> str:

@@ -50,6 +50,8 @@ def _train_ensemble(cfg: RunConfig, members: int, out_dir: str | None, progress:
     for k in range(members):
         member = copy.deepcopy(cfg)
         member.train.seed = cfg.train.seed + k
+        if member.model.members is None:  # the ensemble is the runs: one model each unless --members says
+            member.model.members = 1
         if log is not None:
             log(f"ensemble member {k + 1}/{members} (seed {member.train.seed})")
         sub = None if out_dir is None else str(Path(out_dir) / f"member-{k}")

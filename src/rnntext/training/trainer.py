@@ -152,7 +152,10 @@ class Trainer:
             cfg.train.epochs = stopping.planned_epochs(cfg.train, self.steps_per_epoch)
             self.log(f"epochs: {cfg.train.epochs} of {self.steps_per_epoch} steps (--min-steps {cfg.train.min_steps})")
         if cfg.model.members is None:  # and its members (model/members.py), from what one of them costs
-            cfg.model.members = stopping.planned_members(cfg.train.epochs * int(p.train.lengths.sum()))
+            tokens = int(p.train.lengths.sum())
+            if cfg.train.epoch_size:  # epochs cut to --epoch-size batches read that share of the tokens
+                tokens = round(tokens * min(1.0, cfg.train.epoch_size * cfg.train.batch_size / max(len(p.train), 1)))
+            cfg.model.members = stopping.planned_members(cfg.train.epochs * tokens)
             if cfg.model.members > 1:
                 self.log(f"members: {cfg.model.members} models trained side by side (small data: --members 1 "
                          "for one)")
