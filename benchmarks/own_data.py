@@ -342,9 +342,13 @@ def markdown(results: dict[str, Any]) -> str:
             grid_rows.append([r["title"], p.get("lr", FT_LR), p["wordNgrams"], p["epochs"],
                               _pct(p.get("valid_accuracy")), _pct(p.get("test_accuracy"))])
     s = results.get("summary") or {}
-    text = md_header(short_command(results.get("command")), results.get("machine"),
-                     "rnntext's defaults (train and test files, nothing else) against fastText with its settings "
-                     "picked on a validation split of train; test accuracy. Nothing is chosen on test.")
+    what = ("rnntext's defaults (train and test files, nothing else) against fastText with its settings "
+            "picked on a validation split of train; test accuracy. Nothing is chosen on test.")
+    if results.get("dev"):
+        what = (f"Choosing defaults (--dev): the test splits set aside; every \"test\" figure below is on a "
+                f"held-out stratified {DEV_FRACTION:.0%} of train (seed {DEV_SEED}; SST-2: its dev file), trained "
+                "on the rest. rnntext options: " + (" ".join(results.get("rnntext_options") or []) or "none") + ".")
+    text = md_header(short_command(results.get("command")), results.get("machine"), what)
     text += "\n" + md_table(
         ["dataset", "rows (train / test)", "rnntext test", "rnntext valid", "best epoch", "wall s", "CPU s", "peak MiB",
          "fastText test (picked on valid)", "rnntext - fastText", "fastText best-on-test (reference)"],
