@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_tiny_config
+from interrupt import ctrl_c_after
 from rnntext import fast
 from rnntext.cli import main
 from rnntext.config import AUTO_MAX_MEMBERS, MAX_MEMBERS, ModelConfig
@@ -239,13 +239,7 @@ def test_a_members_run_resumes_bit_identically_after_ctrl_c_mid_epoch(
     cfg = _cfg(data, train__epochs=2, train__batch_size=16, train__seed=5, model__members=members,
                model__embed_dim=8, model__hidden_dim=8)
 
-    class CtrlCAtStep7(Trainer):
-        def train_step(self, batch):
-            out = super().train_step(batch)
-            if self.global_step + 1 == 7:
-                signal.raise_signal(signal.SIGINT)  # handled by the trainer: finish the step, checkpoint, stop
-            return out
-
+    CtrlCAtStep7 = ctrl_c_after(7)  # handled by the trainer: finish the step, checkpoint, stop
     train(cfg, str(tmp_path / "straight"), **QUIET)
     with pytest.raises(TrainingInterrupted, match="at epoch 1, step 7"):
         CtrlCAtStep7(cfg, str(tmp_path / "stopped"), **QUIET).fit()

@@ -30,8 +30,9 @@ from rnntext.model.members import MembersClassifier  # noqa: E402
 from rnntext.model.registry import build_model  # noqa: E402
 from rnntext.training.rundir import load_run  # noqa: E402
 from rnntext.training.trainer import train  # noqa: E402
+from test_onnx import VOCAB, _batch  # noqa: E402
 
-VOCAB, CLASSES = 40, 3
+CLASSES = 3
 
 # The recurrent families go through the hand-built graph (three members: it is quick), the bag and CNN
 # through torch.onnx (two: each member is one export, a few seconds); the wide part with either join.
@@ -47,14 +48,6 @@ FAMILIES = [
 ]
 BATCHES = [[1], [7, 1, 3, 12, 2], [30, 29, 4, 1, 17, 8]]
 
-
-def _batch(lengths: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    T = max(lengths)
-    tokens = torch.randint(1, VOCAB, (len(lengths), T), generator=g)
-    lens = torch.tensor(lengths)
-    tokens[torch.arange(T)[None, :] >= lens[:, None]] = 0
-    return tokens, lens
 
 
 def _probabilities(model: torch.nn.Module, tokens: torch.Tensor, lens: torch.Tensor) -> np.ndarray:

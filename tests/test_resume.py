@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import terminal_sigint
+from interrupt import ctrl_c_after
 from rnntext.training.checkpoint import checkpoint_dir, has_checkpoint, load_checkpoint, manifest_path
 from rnntext.training.rundir import load_run
 
@@ -249,7 +250,7 @@ def test_every_model_resumes_bit_identically_after_ctrl_c_mid_epoch(
     `sigint_handler`: SIGINT is handled even where pytest inherited it ignored (see conftest.py)."""
     from rnntext.config import RunConfig
     from rnntext.errors import TrainingInterrupted
-    from rnntext.training.trainer import Trainer, resume, train
+    from rnntext.training.trainer import resume, train
 
     train_csv, test_csv = _write_data(tmp_path / "data", seed=3)
     cfg = RunConfig()
@@ -259,13 +260,7 @@ def test_every_model_resumes_bit_identically_after_ctrl_c_mid_epoch(
     cfg.train.batch_size, cfg.train.epochs, cfg.train.threads, cfg.train.device, cfg.train.seed = 16, 2, 1, "cpu", 5
     quiet = {"progress": False, "log": lambda s: None}
 
-    class CtrlCAtStep7(Trainer):
-        def train_step(self, batch):
-            out = super().train_step(batch)
-            if self.global_step + 1 == 7:
-                signal.raise_signal(signal.SIGINT)  # handled by the trainer: finish the step, checkpoint, stop
-            return out
-
+    CtrlCAtStep7 = ctrl_c_after(7)  # handled by the trainer: finish the step, checkpoint, stop
     train(cfg, str(tmp_path / "straight"), **quiet)
     with pytest.raises(TrainingInterrupted, match="at epoch 1, step 7"):
         CtrlCAtStep7(cfg, str(tmp_path / "stopped"), **quiet).fit()
