@@ -27,13 +27,13 @@ from . import distributed
 from .logits import predict_logits
 from .metrics import classification_report
 
-# --select-by NAME -> the key of a metrics.json "epochs" row
 # Members: a run gets several while they cost no more than this many token-passes together (epochs x
 # training tokens x members). Chosen for time, not accuracy: on 2 CPU cores, a 10k-row set of 20-word
 # sentences (~2M token-passes a member) gets 3 and trains in under 2 minutes; AG News's 20k rows (~4.3M)
 # and anything larger get one, so large data trains as before.
 MEMBER_BUDGET = 6_000_000
 
+# --select-by NAME -> the key of a metrics.json "epochs" row
 SELECT_KEYS = {"accuracy": "valid_accuracy", "macro_f1": "valid_macro_f1", "loss": "valid_loss"}
 
 
