@@ -11,9 +11,9 @@ calibration, evaluate, predict, explain, the server and ONNX export see one mode
   (clip_groups), so each member takes the steps it would take alone (tests/test_members.py). Training
   the average's loss instead makes members lean on each other (Jeffares et al. 2023, "Joint training of
   deep ensembles fails due to learner collusion").
-- Prediction: the mean of the members' logits, [B, C]. Its softmax is the normalised geometric mean of
-  the members' class probabilities; an exported graph computes it from their probabilities as
-  softmax(mean(log p)), which is the same.
+- Prediction: the mean of the members' logits, [B, C] (its softmax is the normalised geometric mean of
+  the members' class probabilities); an exported graph averages the members' logits the same way
+  (inference/export.py).
 
 Member 0 is built from the random draws a single model would take, so `--members 1` is the plain model."""
 

@@ -34,13 +34,15 @@ DEFAULT_THRESHOLD = 0.5
 MAX_THRESHOLDS_BYTES = 16 * 2**20
 
 
-def loss_and_hits(logits: Tensor, targets: Tensor) -> tuple[Tensor, int]:
-    """The mean binary cross-entropy of `logits` [rows, labels] against multi-hot `targets`, and the rows
-    whose whole label set is right at threshold 0.5 (logit 0): the training progress's "accuracy"."""
-    targets = targets.to(logits.dtype)
-    loss = F.binary_cross_entropy_with_logits(logits, targets)
-    hits = int(((logits > 0) == (targets > 0.5)).all(1).sum())
-    return loss, hits
+def loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """The mean binary cross-entropy of `logits` [rows, labels] against multi-hot `targets`."""
+    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+
+
+def hits(logits: Tensor, targets: Tensor) -> int:
+    """The rows whose whole label set is right at threshold 0.5 (logit 0): the training progress's
+    "accuracy"."""
+    return int(((logits > 0) == (targets > 0.5)).all(1).sum())
 
 
 def decide(probs: Tensor, thresholds: Sequence[float] | Tensor | None) -> Tensor:

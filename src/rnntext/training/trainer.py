@@ -229,13 +229,13 @@ class Trainer:
         """The training loss of `logits` [B, C]: cross-entropy (class-weighted with --class-weight), or for
         multi-label targets binary cross-entropy per label (training/multilabel.py)."""
         if labels.dim() == 2:
-            return ml.loss_and_hits(logits, labels)[0]
+            return ml.loss(logits, labels)
         return F.cross_entropy(logits, labels, weight=self.class_weight)
 
     @staticmethod
     def _hits(logits: Tensor, labels: Tensor) -> int:
         if labels.dim() == 2:
-            return ml.loss_and_hits(logits, labels)[1]
+            return ml.hits(logits, labels)
         return int((logits.argmax(1) == labels).sum())
 
     def _batch(self, batch: Batch | Tensor) -> Batch:
