@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -99,9 +100,25 @@ class DistContext:
         if not self.active:
             return list(values)
         t = self._tensor(values, torch.float64)
-        with collective("all-reduce of the metrics", self):
-            dist.all_reduce(t)
+        self.all_reduce(t, "all-reduce of the metrics")
         return t.cpu().tolist()
+
+    def all_reduce(self, t: Tensor, what: str) -> None:
+        """Sum `t` over the ranks in place, and return only once gloo's worker thread has let go of it.
+
+        That thread drops its reference a moment after the collective completes, and dropping the last
+        C++ reference to a tensor Python also holds takes the GIL. If the interpreter is shutting down
+        by then (a rank whose last step was this collective), the thread is killed inside that call and
+        the process aborts with "terminate called without an active exception". destroy_process_group
+        would join the thread, but once DistributedDataParallel has held the group it stays alive.
+        While C++ holds the tensor, sys.getrefcount counts one more (the reference the tensor keeps on
+        its Python object), so sleeping until the count is back frees the thread to finish."""
+        held = sys.getrefcount(t)
+        with collective(what, self):
+            dist.all_reduce(t)
+        deadline = time.monotonic() + 10.0
+        while sys.getrefcount(t) > held and time.monotonic() < deadline:
+            time.sleep(0.0005)  # releases the GIL the thread is waiting for
 
     def barrier(self, what: str = "barrier") -> None:
         if self.active:
@@ -130,8 +147,7 @@ class DistContext:
         if rows.numel():
             full[rows] = predict(data.subset(rows)).cpu().long() + 1  # 0 marks "another rank's row"
         t = self._tensor(full, torch.long)
-        with collective("all-reduce of the predictions", self):
-            dist.all_reduce(t)
+        self.all_reduce(t, "all-reduce of the predictions")
         return t.cpu() - 1
 
     def comm_error(self, e: BaseException) -> DistributedError | None:
