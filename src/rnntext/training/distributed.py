@@ -172,6 +172,10 @@ class DistContext:
         states: list[Any] | None = [None] * self.world_size if self.is_main else None
         with collective("gather of the RNG states", self):
             dist.gather_object(state, states, dst=0)
+        # gather_object's tensors are its own, so all_reduce cannot wait on them; a Ctrl-C'd rank exits
+        # right after this gather, and a settled all-reduce queued behind it narrows the window in which
+        # gloo's worker is still releasing them (see all_reduce)
+        self.all_reduce(self._tensor([0.0], torch.float64), "all-reduce after the gather")
         return {**state, "ranks": states} if states is not None else state
 
     def rank_rng(self, rng: dict[str, Any], where: str) -> dict[str, Any]:
