@@ -223,11 +223,9 @@ def test_bad_data_from_python_names_the_row(tmp_path: Path) -> None:
 def test_resume_from_python_with_the_data_given_again(tmp_path: Path, sigint_handler: None) -> None:
     """Ctrl-C at step 5 of a run trained from a DataFrame; resume() given the DataFrame again finishes it
     with the weights of a straight run; without it, a one-line error says what to do."""
-    import signal
-
+    from interrupt import ctrl_c_after
     from rnntext.data.memory import given_data
     from rnntext.errors import CheckpointError, TrainingInterrupted
-    from rnntext.training.trainer import Trainer
 
     df = _frame(200)
     cfg = _cfg()
@@ -235,12 +233,7 @@ def test_resume_from_python_with_the_data_given_again(tmp_path: Path, sigint_han
     quiet = {"progress": False, "log": lambda s: None}
     straight = _weights(rnntext.train(cfg, str(tmp_path / "straight"), train=df, **quiet))
 
-    class CtrlCAtStep5(Trainer):
-        def train_step(self, batch):  # type: ignore[no-untyped-def]
-            out = super().train_step(batch)
-            if self.global_step + 1 == 5:
-                signal.raise_signal(signal.SIGINT)  # the trainer finishes the step, checkpoints, stops
-            return out
+    CtrlCAtStep5 = ctrl_c_after(5)  # handled by the trainer: finish the step, checkpoint, stop
 
     named, scope = given_data(cfg, train=df)
     with scope, pytest.raises(TrainingInterrupted):

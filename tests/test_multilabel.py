@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_tiny_config, write_table
+from interrupt import ctrl_c_after
 from live_server import free_port, live_server
 from rnntext.cli import main
 from rnntext.config import RunConfig
@@ -392,16 +392,11 @@ def test_an_ensemble_averages_the_sigmoids_and_the_thresholds(data: dict[str, Pa
 def test_resume_after_ctrl_c_gives_the_identical_run(data: dict[str, Path], tmp_path: Path,
                                                      sigint_handler: None) -> None:
     from rnntext.errors import TrainingInterrupted
-    from rnntext.training.trainer import Trainer, resume, train
+    from rnntext.training.trainer import resume, train
 
     cfg = ml_config(data["train_csv"], data["test"], train__epochs=2)
 
-    class CtrlCAtStep5(Trainer):
-        def train_step(self, batch):  # type: ignore[no-untyped-def]
-            out = super().train_step(batch)
-            if self.global_step + 1 == 5:
-                signal.raise_signal(signal.SIGINT)
-            return out
+    CtrlCAtStep5 = ctrl_c_after(5)  # handled by the trainer: finish the step, checkpoint, stop
 
     train(cfg, str(tmp_path / "straight"), **QUIET)
     with pytest.raises(TrainingInterrupted, match="at epoch 1, step 5"):

@@ -8,7 +8,6 @@ path included); ctrl-C and resume give the identical run; bad values are one-lin
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_config
+from interrupt import ctrl_c_after
 from rnntext import fast
 from rnntext.config import ModelConfig, RunConfig
 from rnntext.data.vocab import PAD_ID
@@ -194,7 +194,7 @@ def test_prediction_hashes_as_training_did(tmp_path: Path) -> None:
 def test_ctrl_c_then_resume_gives_the_identical_wide_run(tmp_path: Path, sigint_handler: None) -> None:
     from rnntext.errors import TrainingInterrupted
     from rnntext.training.checkpoint import load_checkpoint
-    from rnntext.training.trainer import Trainer, resume, train
+    from rnntext.training.trainer import resume, train
     from test_resume import assert_same_run
 
     train_csv, test_csv = _data(tmp_path)
@@ -205,12 +205,7 @@ def test_ctrl_c_then_resume_gives_the_identical_wide_run(tmp_path: Path, sigint_
     cfg.train.batch_size, cfg.train.epochs, cfg.train.threads, cfg.train.device, cfg.train.seed = 16, 2, 1, "cpu", 5
     quiet: dict[str, Any] = {"progress": False, "log": lambda s: None}
 
-    class CtrlCAtStep7(Trainer):
-        def train_step(self, batch):  # type: ignore[no-untyped-def]
-            out = super().train_step(batch)
-            if self.global_step + 1 == 7:
-                signal.raise_signal(signal.SIGINT)
-            return out
+    CtrlCAtStep7 = ctrl_c_after(7)  # handled by the trainer: finish the step, checkpoint, stop
 
     train(cfg, str(tmp_path / "straight"), **quiet)
     with pytest.raises(TrainingInterrupted, match="at epoch 1, step 7"):
