@@ -147,6 +147,9 @@ def make_tiny_config(**overrides: Any) -> RunConfig:
     cfg.train.epochs = 1
     cfg.train.threads = 1
     cfg.train.device = "cpu"
+    # one model: small data would otherwise get several members (training/stopping.py), which cost time
+    # the tests of other features do not need; tests of members set model__members (None: the planned count)
+    cfg.model.members = 1
     # each value checked against its setting's declaration (config.py), as config.json's are
     return cfg.with_overrides({key.replace("__", "."): value for key, value in overrides.items()})
 

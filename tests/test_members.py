@@ -75,6 +75,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _cfg(data: tuple[Path, Path], **overrides: Any):
+    overrides.setdefault("model__members", None)  # the planned count, as a run without --members gets
     return make_tiny_config(data__train=str(data[0]), data__test=str(data[1]), **overrides)
 
 
