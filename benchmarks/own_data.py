@@ -348,6 +348,8 @@ def markdown(results: dict[str, Any]) -> str:
         what = (f"Choosing defaults (--dev): the test splits set aside; every \"test\" figure below is on a "
                 f"held-out stratified {DEV_FRACTION:.0%} of train (seed {DEV_SEED}; SST-2: its dev file), trained "
                 "on the rest. rnntext options: " + (" ".join(results.get("rnntext_options") or []) or "none") + ".")
+    if results.get("note"):  # added by hand to a results file: what the options alone do not say
+        what += " " + results["note"]
     text = md_header(short_command(results.get("command")), results.get("machine"), what)
     text += "\n" + md_table(
         ["dataset", "rows (train / test)", "rnntext test", "rnntext valid", "best epoch", "wall s", "CPU s", "peak MiB",
