@@ -15,7 +15,7 @@ from conftest import make_tiny_config
 from rnntext import train
 from rnntext.cli import main
 from rnntext.config import AUTO_MAX_EPOCHS, AUTO_MIN_EPOCHS, TrainConfig
-from rnntext.training.stopping import planned_epochs, should_stop
+from rnntext.training.stopping import EPOCH_BUDGET, planned_epochs, should_stop
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +71,13 @@ def test_epochs_follow_min_steps_when_not_given() -> None:
     assert planned_epochs(t, 149) == 5  # AG News (20k rows): 5 epochs of 149 steps, as before
     assert planned_epochs(t, 41) == 18  # TREC (5.2k rows): 18 x 41 >= 700 steps
     assert planned_epochs(t, 1) == AUTO_MAX_EPOCHS and planned_epochs(t, 10_000) == AUTO_MIN_EPOCHS
+    # long texts: no more epochs than fit the token budget, and never fewer than AUTO_MIN_EPOCHS
+    assert planned_epochs(t, 84, 1_790_000) == EPOCH_BUDGET // 1_790_000 == 7  # 20 Newsgroups: 7, not 9
+    assert planned_epochs(t, 149, 860_000) == 5  # AG News: far below the budget
+    assert planned_epochs(t, 41, 50_000) == 18  # TREC: the same
+    assert planned_epochs(t, 84, 10 * EPOCH_BUDGET) == AUTO_MIN_EPOCHS
     t.epochs = 3
-    assert planned_epochs(t, 1) == 3  # --epochs wins
+    assert planned_epochs(t, 1) == planned_epochs(t, 1, 10 * EPOCH_BUDGET) == 3  # --epochs wins
     history = [{"epoch": i, "valid_accuracy": 0.5} for i in (1, 2, 3)]
     assert should_stop(history, 1, 2) and not should_stop(history, 2, 2) and not should_stop(history, 1, None)
     assert not should_stop([{"epoch": 5}], 1, 2)  # no validation: never

@@ -383,7 +383,7 @@ def test_long_texts_under_a_small_budget_resume_bit_identically(write_data: Call
     for i in range(0, 200, 8):  # some long texts (up to 4x the budget), the label's word at the start
         rows[i] = (rows[i][0] + " " + " ".join(rng.choice(FILLER) for _ in range(rng.randint(40, 1000))), rows[i][1])
     path = write_data("train.csv", ["text", "label"], rows)
-    # --max-len above the budget: the budget, not --max-len (128 by default), cuts the long texts here
+    # --max-len above the budget: the budget, not --max-len (192 by default), cuts the long texts here
     argv = ["train", "--train", str(path), "--epochs", "2", "--batch-size", "16", "--max-batch-tokens", "256",
             "--max-len", "4096", "--embed-dim", "16", "--hidden-dim", "16", "--threads", "1", "-q"]
     assert main([*argv, "--out", str(tmp_path / "ref")]) == 0

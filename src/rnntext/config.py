@@ -64,7 +64,7 @@ MAX_LR = 10.0
 MAX_WEIGHT_DECAY = 100.0
 MAX_BATCH_TOKENS = 64 * 1024  # train.max_batch_tokens's default
 MAX_TEXT_TOKENS = 4096  # the longest pretrain.seq_len (and data.max_len's default until issue 15)
-DEFAULT_MAX_LEN = 128  # data.max_len's default
+DEFAULT_MAX_LEN = 192  # data.max_len's default
 AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 5, 40  # epochs of a run without --epochs (training/stopping.py)
 MAX_MEMBERS = 16  # --members (model/members.py)
 AUTO_MAX_MEMBERS = 5  # the most members a run gets without --members (training/stopping.py)
@@ -395,9 +395,9 @@ class DataConfig(Settings):
                                     help="vocabulary size cap, <pad> and <unk> included (>= 3)")
     # the memory bound on one text's length: a recurrent model's training keeps ~40 KB per time step whatever the
     # batch (CPU autograd, default model), so a text of 50k tokens took 2 GB by itself; AG News's are <= 187.
-    # 128 (issue 15): long texts cost time in proportion to the words read. On 20 Newsgroups (median 234 tokens),
-    # 128 reads 40% fewer tokens than 256 for -0.5 points on validation, where fewer epochs cost -1.3 for less, and
-    # the first 64 + last 64 words -1.6 (docs/guides/own-data.md#long-texts); 128 keeps every batch at 128 rows
+    # 192 (issue 15): long texts cost time in proportion to the words read; 20 Newsgroups (median 234 tokens) reads
+    # 17% fewer than at 256 (docs/guides/own-data.md#long-texts). Not less: every text of AG News (the longest is
+    # 187 tokens) stays whole, where 128 cut 23 and moved its result; 192 keeps every batch at 128 rows
     max_len: int | None = setting(DEFAULT_MAX_LEN, min=1, metavar="N",
                                   help="words kept per text: a longer text is cut to its first N, in training and "
                                        "prediction alike (the memory bound of one text; unset, --max-batch-tokens "

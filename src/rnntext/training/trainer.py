@@ -148,13 +148,16 @@ class Trainer:
         # --- model, optimiser, schedule
         self.embeddings = pretrained_embeddings(cfg, p, self.log)  # --embeddings: sets embed_dim from the file
         self.steps_per_epoch = len(self.epoch_order(0))
+        tokens = int(p.train.lengths.sum())  # an epoch's training tokens
+        if cfg.train.epoch_size:  # epochs cut to --epoch-size batches read that share of the tokens
+            tokens = round(tokens * min(1.0, cfg.train.epoch_size * cfg.train.batch_size / max(len(p.train), 1)))
         if cfg.train.epochs is None:  # a run's epochs are fixed here: config.json and checkpoints hold them
-            cfg.train.epochs = stopping.planned_epochs(cfg.train, self.steps_per_epoch)
-            self.log(f"epochs: {cfg.train.epochs} of {self.steps_per_epoch} steps (--min-steps {cfg.train.min_steps})")
+            by_steps = stopping.planned_epochs(cfg.train, self.steps_per_epoch)
+            cfg.train.epochs = stopping.planned_epochs(cfg.train, self.steps_per_epoch, tokens)
+            self.log(f"epochs: {cfg.train.epochs} of {self.steps_per_epoch} steps (--min-steps {cfg.train.min_steps}"
+                     + (f"; {by_steps} would read more than {stopping.EPOCH_BUDGET:,} tokens"
+                        if by_steps > cfg.train.epochs else "") + ")")
         if cfg.model.members is None:  # and its members (model/members.py), from what one of them costs
-            tokens = int(p.train.lengths.sum())
-            if cfg.train.epoch_size:  # epochs cut to --epoch-size batches read that share of the tokens
-                tokens = round(tokens * min(1.0, cfg.train.epoch_size * cfg.train.batch_size / max(len(p.train), 1)))
             cfg.model.members = stopping.planned_members(cfg.train.epochs * tokens)
             if cfg.model.members > 1:
                 self.log(f"members: {cfg.model.members} models trained side by side (small data: --members 1 "
