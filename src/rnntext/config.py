@@ -484,7 +484,7 @@ class TrainConfig(Settings):
     # None: set by min_steps (training/stopping.py), so that small datasets get the steps a large one gets
     epochs: int | None = setting(None, min=1, show_default=False, metavar="N",
                                  help=f"passes over the training data (default: as many as make --min-steps "
-                                      f"optimiser steps, {AUTO_MIN_EPOCHS} to {AUTO_MAX_EPOCHS})")
+                                      f"optimiser steps, {AUTO_MIN_EPOCHS} to {AUTO_MAX_EPOCHS}, fewer for long texts)")
     min_steps: int = setting(700, min=1, metavar="N",
                              help="without --epochs: train enough epochs for at least N optimiser steps")
     patience: int | None = setting(None, min=1, metavar="N", show_default=False,
