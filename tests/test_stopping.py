@@ -90,6 +90,24 @@ def test_auto_epochs_are_recorded_in_the_config(noisy: Path, tmp_path: Path) -> 
     assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["epochs"] == 5
 
 
+
+def test_a_run_of_long_texts_plans_no_more_epochs_than_the_token_budget(noisy: Path, monkeypatch: pytest.MonkeyPatch
+                                                                        ) -> None:
+    """The trainer hands the planner its epoch's tokens: with a budget of 7 epochs of this data, --min-steps
+    asking for 9 gets 7 (the budget stands in for 14M token-passes, which needs long texts)."""
+    from rnntext.training import stopping
+    from rnntext.training.trainer import Trainer
+
+    lines: list[str] = []
+    probe = Trainer(_cfg(noisy, train__epochs=None, train__min_steps=100), None, progress=False, log=lines.append)
+    tokens, steps = int(probe.data.train.lengths.sum()), probe.steps_per_epoch
+    assert probe.cfg.train.epochs == 9 == -(-100 // steps)  # by steps alone
+    monkeypatch.setattr(stopping, "EPOCH_BUDGET", 7 * tokens + tokens // 2)
+    lines.clear()
+    capped = Trainer(_cfg(noisy, train__epochs=None, train__min_steps=100), None, progress=False, log=lines.append)
+    assert capped.cfg.train.epochs == 7
+    assert any(f"epochs: 7 of {steps} steps (--min-steps 100; 9 would read more than" in line for line in lines), lines
+
 CASES = {
     "patience 0": (["--patience", "0"], "--patience must be >= 1, got 0"),
     "patience text": (["--patience", "two"], "invalid int value: 'two'"),
