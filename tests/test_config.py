@@ -40,7 +40,7 @@ DEFAULTS = {
              "label_column": "label", "label_names": None, "multi_label": False, "label_separator": ",",
              "valid_split": 0.05, "skip_bad_rows": False,
              "token_store": None, "quoting": "csv", "tokenizer": "basic_english", "ngrams": 1, "min_freq": 2,
-             "max_vocab": None,
+             "max_vocab": None, "unseen_words": "stem",
              "max_len": 192, "embeddings": None, "embeddings_lowercase": True, "vocab_from_embeddings": False,
              "vocab_from_embeddings_max": 50_000, "encoder": None},
     "model": {"model": "gru", "embed_dim": 128, "hidden_dim": 128, "num_layers": 1, "bidirectional": True,
@@ -111,11 +111,23 @@ def test_model_choices_come_from_the_registry() -> None:
 
 def test_constants_agree_with_the_modules_that_use_them() -> None:
     from rnntext.data.tokenizer import TOKENIZERS
+    from rnntext.data.vocab import UNSEEN
     from rnntext.report.compare import OVERRIDABLE
 
     assert tuple(TOKENIZERS) == DataConfig.__dataclass_fields__["tokenizer"].metadata["choices"]
+    assert UNSEEN == DataConfig.__dataclass_fields__["unseen_words"].metadata["choices"]
     assert tuple(TOKENIZERS) == VectorOptions.__dataclass_fields__["tokenizer"].metadata["choices"]
     assert COMPARE_OVERRIDES == OVERRIDABLE
+
+
+def test_a_saved_config_without_a_later_setting_reads_as_it_was_trained() -> None:
+    """A run saved before data.unseen_words read unseen words as <unk>: loading it keeps that, where a config
+    file a person writes gets today's default."""
+    saved = RunConfig().to_dict()
+    del saved["data"]["unseen_words"]
+    assert RunConfig.from_saved(saved).data.unseen_words == "unk"
+    assert RunConfig.from_dict(saved).data.unseen_words == "stem"
+    assert RunConfig.from_saved(RunConfig().to_dict()).data.unseen_words == "stem"
 
 
 def test_config_and_parser_import_no_torch() -> None:

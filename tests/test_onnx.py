@@ -20,10 +20,13 @@ import onnxruntime as ort  # noqa: E402
 
 from rnntext.cli import main  # noqa: E402
 from rnntext.config import ModelConfig  # noqa: E402
+from rnntext.data.vocab import Vocab  # noqa: E402
+from rnntext.inference import onnx_predictor  # noqa: E402
 from rnntext.inference.export import export_model, export_run  # noqa: E402
 from rnntext.inference.onnx_predictor import OnnxPredictor, session_options  # noqa: E402
 from rnntext.inference.predictor import Predictor  # noqa: E402
 from rnntext.model.registry import build_model  # noqa: E402
+from rnntext.training.rundir import load_run  # noqa: E402
 
 VOCAB, CLASSES = 40, 3
 
@@ -77,7 +80,9 @@ def test_probabilities_equal_torch(settings: dict, tmp_path: Path) -> None:
 
 
 TEXTS = ["Stocks fell on Wall Street as oil prices rose", "goal", "", "the the the", "Microsoft releases a new "
-         "version of Windows with security fixes " * 5, "Yankees beat the Red Sox 5-3 in extra innings", "?"]
+         "version of Windows with security fixes " * 5, "Yankees beat the Red Sox 5-3 in extra innings", "?",
+         # words the training data lack, read as their stems' words (data.unseen_words "stem")
+         "Stockings falling; the oilers' pricings rose securitized"]
 
 
 def test_exported_run_predicts_as_torch(trained_run: Path, tmp_path: Path) -> None:
@@ -86,12 +91,24 @@ def test_exported_run_predicts_as_torch(trained_run: Path, tmp_path: Path) -> No
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "labels.json", "model.onnx", "vocab.json"]
     settings = json.loads((out / "export.json").read_text())
     assert settings["tokenizer"]["name"] == "basic_english" and settings["tokenizer"]["ngrams"] == 1
+    assert settings["tokenizer"]["unseen_words"] == "stem"
+    assert settings["format"] == onnx_predictor.FORMAT  # the runtime reads what export writes
     onnx_pred = OnnxPredictor.load(out, threads=1, batch_size=3)  # several batches of mixed lengths
+    run = load_run(trained_run)
+    ids, _ = onnx_pred.encode(TEXTS)
+    assert ids[-1] == run.vocab.encode(run.tokenizer(TEXTS[-1]))  # unseen words read as the run reads them
+    assert ids[-1] != Vocab(run.vocab.itos).encode(run.tokenizer(TEXTS[-1]))  # ... which is not as <unk>
     torch_pred = Predictor.load(trained_run, "cpu")
     expected = torch_pred.probabilities(TEXTS).numpy()
     np.testing.assert_allclose(onnx_pred.probabilities(TEXTS), expected, atol=1e-4, rtol=0)
     assert [p.label for p in onnx_pred.predict(TEXTS)] == [p.label for p in torch_pred.predict(TEXTS)]
     assert onnx_pred.probabilities([]).shape == (0, len(onnx_pred.labels))
+
+    old = json.loads((out / "export.json").read_text())  # an export of format 1 read unseen words as <unk>
+    old["format"] = 1
+    del old["tokenizer"]["unseen_words"]
+    (out / "export.json").write_text(json.dumps(old))
+    assert OnnxPredictor.load(out, threads=1).vocab.unseen == "unk"
 
     q = tmp_path / "int8"
     export_run(trained_run, q, int8=True, log=lambda s: None)

@@ -86,3 +86,59 @@ def test_vocab_json_round_trip() -> None:
         Vocab.from_json('{"a": 1}')
     with pytest.raises(ValueError):
         Vocab.from_json('["<pad>", "<unk>", "a", "a"]')
+
+
+def test_unseen_words_read_as_the_most_frequent_word_of_their_stem() -> None:
+    counts = [["success"] * 3 + ["successful"] * 2 + ["happy", "run", "disappoint", "good"]]
+    unk = Vocab.build(counts)
+    stem = unk.with_unseen("stem")
+    ids = stem.stoi
+    assert unk.unseen == "unk" and stem.unseen == "stem" and stem.itos == unk.itos
+    # "successfully" and "successes" share their stem with "success" and "successful": the more frequent wins
+    assert stem.encode(["successfully", "successes", "disappointing", "runs"]) == [
+        ids["success"], ids["success"], ids["disappoint"], ids["run"]]
+    # no word of that stem; shorter than 4 characters; an n-gram (--ngrams): <unk>, as without
+    assert stem.encode(["unhappy", "ran", "goods good"]) == [UNK_ID, UNK_ID, UNK_ID]
+    # words of the vocabulary, <pad> and <unk> read as themselves
+    assert stem.encode(["good", "<pad>", "<unk>"]) == [ids["good"], PAD_ID, UNK_ID]
+    assert [stem.lookup(t) for t in ["successfully", "good", "zzzz"]] == [ids["success"], ids["good"], UNK_ID]
+    # "unk": every unseen word is <unk>
+    assert unk.encode(["successfully", "disappointing", "good"]) == [UNK_ID, UNK_ID, ids["good"]]
+    assert Vocab.from_json(unk.to_json(), "stem").encode(["runs"]) == [ids["run"]]
+    with pytest.raises(ValueError, match="unseen words"):
+        Vocab(unk.itos, "lemma")
+
+
+def test_unseen_words_in_training_take_their_stems_word(tmp_path) -> None:
+    """A word seen fewer than --min-freq times in training is read the way prediction reads it."""
+    from rnntext.config import DataConfig
+    from rnntext.data.dataset import prepare
+
+    rows = ["label,text"] + [f"{i % 2},the movie was great" for i in range(6)] + ["1,greatly moving"]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    read = {}
+    for unseen in ("unk", "stem"):
+        cfg = DataConfig(train=str(tmp_path / "train.csv"), valid_split=0.0, unseen_words=unseen)
+        p = prepare(cfg, progress=False)
+        read[unseen] = p.train.tokens[int(p.train.offsets[-2]): int(p.train.offsets[-1])].tolist()
+        great = p.vocab.stoi["great"]
+    assert read["unk"] == [UNK_ID, UNK_ID] and read["stem"] == [great, UNK_ID]  # "moving": no word of its stem
+
+
+def test_a_run_saved_before_unseen_words_reads_them_as_unk(trained_run, tmp_path) -> None:
+    import json
+    import shutil
+
+    from rnntext.inference.predictor import Predictor
+
+    old = tmp_path / "old"
+    shutil.copytree(trained_run, old)
+    cfg = json.loads((old / "config.json").read_text())
+    assert cfg["data"]["unseen_words"] == "stem"  # today's default, saved with the run
+    del cfg["data"]["unseen_words"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    now, then = Predictor.load(trained_run, "cpu"), Predictor.load(old, "cpu")
+    assert now.run.vocab.unseen == "stem" and then.run.vocab.unseen == "unk"
+    seen, unseen = "oil prices rose", "oilers' pricings rose"
+    assert now.probabilities([seen]).tolist() == then.probabilities([seen]).tolist()
+    assert now.probabilities([unseen]).tolist() != then.probabilities([unseen]).tolist()

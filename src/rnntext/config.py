@@ -48,6 +48,7 @@ POOLINGS = ("last", "mean", "max", "meanmax")
 # takes quotes as ordinary characters, as in raw TSV corpora (GLUE, SNLI) where a text may start with one.
 QUOTINGS = ("csv", "none")
 TOKENIZER_NAMES = ("basic_english", "whitespace")  # rnntext.data.tokenizer.TOKENIZERS (a test keeps them equal)
+UNSEEN_WORDS = ("unk", "stem")  # rnntext.data.vocab.UNSEEN (a test keeps them equal)
 SCHEDULES = ("onecycle", "constant")
 DATASETS = ("ag_news",)
 ALGORITHMS = ("skipgram", "cbow", "fasttext")
@@ -393,6 +394,13 @@ class DataConfig(Settings):
     min_freq: int = setting(2, min=1, help="minimum token count to enter the vocabulary")
     max_vocab: int | None = setting(None, min=3, show_default=False,
                                     help="vocabulary size cap, <pad> and <unk> included (>= 3)")
+    # what a word missing from the vocabulary reads as, in training and prediction alike (data/vocab.py): on a few
+    # thousand short texts most words are rare, and "stem" gives an unseen "successfully" the vector of
+    # "successful" (issue 15: docs/guides/own-data.md#what-we-tried). A run saved before this setting reads "unk"
+    unseen_words: str = setting("stem", choices=UNSEEN_WORDS,
+                                help="a word missing from the vocabulary (never seen in training, or fewer than "
+                                     "--min-freq times): <unk> (unk), or the vocabulary's most frequent word with "
+                                     "the same English stem (stem: Snowball), in training and prediction alike")
     # the memory bound on one text's length: a recurrent model's training keeps ~40 KB per time step whatever the
     # batch (CPU autograd, default model), so a text of 50k tokens took 2 GB by itself; AG News's are <= 187.
     # 192 (issue 15): long texts cost time in proportion to the words read; 20 Newsgroups (median 234 tokens) reads
@@ -591,6 +599,18 @@ class RunConfig:
         cfg.format_version = version
         return cfg
 
+    @classmethod
+    def from_saved(cls, d: Any, source: str | None = None) -> RunConfig:
+        """from_dict for a config a run saved (config.json, a checkpoint's manifest): a setting added after the
+        run was saved takes the value that was in effect then (SAVED_BEFORE), not today's default."""
+        if isinstance(d, Mapping):
+            d = dict(d)
+            for (section, name), then in SAVED_BEFORE.items():
+                part = d.get(section)
+                if isinstance(part, Mapping) and name not in part:
+                    d[section] = {**part, name: then}
+        return cls.from_dict(d, source)
+
     def with_overrides(self, overrides: Mapping[str, Any], source: str | None = None) -> RunConfig:
         """A copy with dotted settings replaced, each checked: `cfg.with_overrides({"model.hidden_dim": 32})`."""
         nested: dict[str, dict[str, Any]] = {}
@@ -600,6 +620,10 @@ class RunConfig:
                 raise ConfigError(f"{key!r}: expected SECTION.SETTING with SECTION one of {', '.join(SECTIONS)}")
             nested.setdefault(section, {})[name] = value
         return RunConfig.from_dict(nested, source, base=self)
+
+
+# settings added after runs were first saved -> the value a run saved without them had in effect
+SAVED_BEFORE: dict[tuple[str, str], Any] = {("data", "unseen_words"): "unk"}
 
 
 def unknown_fields(klass: type, values: Mapping[str, Any]) -> list[str]:

@@ -166,6 +166,7 @@ def prepare(cfg: DataConfig, seed: int = 0, progress: bool = True,
 
         vocab = extend_vocab(vocab, cfg.embeddings, cfg.vocab_from_embeddings_max, cfg.max_vocab,
                              TOKENIZERS[cfg.tokenizer])
+    vocab = vocab.with_unseen(cfg.unseen_words)
     index = {name: i for i, name in enumerate(splits.label_names)}
 
     def targets(rows: Rows) -> list[int] | Tensor:

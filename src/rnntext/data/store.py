@@ -352,8 +352,8 @@ def _build(cfg: DataConfig, seed: int, root: Path, key: str, progress: bool, log
 
         vocab = extend_vocab(vocab, cfg.embeddings, cfg.vocab_from_embeddings_max, cfg.max_vocab,
                              TOKENIZERS[cfg.tokenizer])
-    stoi = vocab.stoi
-    remap = np.fromiter((stoi.get(w, UNK_ID) for w in words), np.int32, len(words))
+    vocab = vocab.with_unseen(cfg.unseen_words)
+    remap = np.fromiter(map(vocab.lookup, words), np.int32, len(words))
     remap[0] = UNK_ID
     del words, counts
     t_vocab, c_vocab = time.perf_counter(), time.process_time()
@@ -426,7 +426,7 @@ def _encode_file(source: _Source, root: Path, name: str, tokenizer: Tokenizer, v
     writer = _SplitWriter(root, name)
     dropped = 0
     known = ", ".join(list(index)[:20])
-    stoi = vocab.stoi
+    lookup = vocab.lookup
     bar = _progress("reading " + Path(source.path).name, progress)
     for chunk in source:
         keep = [i for i, x in enumerate(chunk.labels) if x in index]
@@ -438,7 +438,7 @@ def _encode_file(source: _Source, root: Path, name: str, tokenizer: Tokenizer, v
             dropped += len(chunk) - len(keep)
             chunk = chunk.take(keep)
         flat, lengths = _tokens(tokenizer, chunk.texts)
-        ids = np.fromiter((stoi.get(w, UNK_ID) for w in flat), np.int32, len(flat))
+        ids = np.fromiter(map(lookup, flat), np.int32, len(flat))
         writer.add(ids, lengths, np.fromiter((index[x] for x in chunk.labels), np.int64, len(chunk)))
         if bar is not None:
             bar.update(len(chunk))
@@ -513,7 +513,7 @@ def prepare_store(cfg: DataConfig, seed: int, progress: bool, log: Callable[[str
         else:
             log(f"token store: reusing {root} ({manifest['splits']['train']['rows']:,} training rows)")
     try:
-        vocab = Vocab.from_json((root / "vocab.json").read_text(encoding="utf-8"))
+        vocab = Vocab.from_json((root / "vocab.json").read_text(encoding="utf-8"), cfg.unseen_words)
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read the token store's vocabulary ({e}); delete the store to rebuild it",
                         str(root / "vocab.json")) from None

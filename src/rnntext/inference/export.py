@@ -46,7 +46,7 @@ from ..model.wide import HASH_PRIME, WideClassifier, join, ngram_count
 from ..training.rundir import LABELS, VOCAB, Run, load_run
 from .ensemble import member_dirs
 
-FORMAT = 1  # export.json's format
+FORMAT = 2  # export.json's format (2: tokenizer.unseen_words; 1 read unseen words as <unk>)
 MODEL, SETTINGS = "model.onnx", "export.json"
 OPSET = 18
 FORMATS = ("onnx",)
@@ -429,7 +429,7 @@ def settings(run: Run, int8: bool) -> dict:
     d, m = run.config.data, run.config.model
     return {
         "format": FORMAT, "rnntext": __version__, "opset": OPSET, "int8": int8,
-        "tokenizer": {"name": d.tokenizer, "ngrams": d.ngrams, "max_len": d.max_len},
+        "tokenizer": {"name": d.tokenizer, "ngrams": d.ngrams, "max_len": d.max_len, "unseen_words": d.unseen_words},
         "data": asdict(d),  # what `evaluate --backend onnx` reads by default: the run's test set and columns
         "max_batch_tokens": run.config.train.max_batch_tokens,
         "batch_layout": "padded", "model": asdict(m),

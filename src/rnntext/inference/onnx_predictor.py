@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 
 from ..data.tokenizer import Tokenizer
-from ..data.vocab import UNK_ID, Vocab
+from ..data.vocab import UNK_ID, UNSEEN, Vocab
 from ..errors import CheckpointError, ConfigError, RnnTextError
 from .prediction import Prediction, check_min_confidence, confident
 
 MODEL, SETTINGS, VOCAB, LABELS = "model.onnx", "export.json", "vocab.json", "labels.json"
-FORMAT = 1
+FORMAT = 2  # the newest export.json this reads: export.py's FORMAT (tests/test_onnx.py keeps them equal)
 BATCH = 512  # texts per model call (benchmarks/predict.py)
 CHUNK_TEXTS = 16_384  # texts tokenised and predicted at a time (bounded memory, as the Predictor)
 
@@ -112,8 +112,12 @@ class OnnxPredictor:
         # the words cut to the budget before n-grams are added, as the Predictor does
         max_len = min(tok.get("max_len") or self.budget, self.budget)
         self.tokenizer = Tokenizer(tok.get("name", "basic_english"), int(tok.get("ngrams", 1)), max_len)
+        unseen = tok.get("unseen_words", "unk")  # an export of format 1 read unseen words as <unk>
+        if unseen not in UNSEEN:
+            raise CheckpointError(f"tokenizer.unseen_words must be one of {', '.join(UNSEEN)}, got {str(unseen)[:40]}",
+                                  str(path / SETTINGS))
         try:
-            self.vocab = Vocab.from_json((path / VOCAB).read_text(encoding="utf-8"))
+            self.vocab = Vocab.from_json((path / VOCAB).read_text(encoding="utf-8"), unseen)
         except (OSError, ValueError) as e:
             raise CheckpointError(str(e)[:200], str(path / VOCAB)) from None
         labels = _read_json(path / LABELS)
@@ -142,8 +146,8 @@ class OnnxPredictor:
 
     def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
         """Token ids per text (an empty text: one <unk>, each cut to the token budget) and their lengths."""
-        get, budget, tokenize = self.vocab.stoi.get, self.budget, self.tokenizer
-        ids = [[get(t, UNK_ID) for t in tokenize(x)[:budget]] or [UNK_ID] for x in texts]
+        encode, budget, tokenize = self.vocab.encode, self.budget, self.tokenizer
+        ids = [encode(tokenize(x)[:budget]) or [UNK_ID] for x in texts]
         return ids, np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
 
     def batches(self, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:

@@ -451,7 +451,7 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
 
 def manifest_config(manifest: dict[str, Any], path: str) -> RunConfig:
     try:
-        cfg = RunConfig.from_dict(manifest["config"])
+        cfg = RunConfig.from_saved(manifest["config"])
         cfg.validate()
     except KeyError:
         raise CheckpointError("no config in the manifest", path) from None

@@ -144,7 +144,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         raw = _read_json(path / CONFIG, MAX_CONFIG_BYTES, "a config")
         if not isinstance(raw, dict):
             raise ConfigError(f"expected a JSON object, found {type(raw).__name__}")
-        config = RunConfig.from_dict(raw)
+        config = RunConfig.from_saved(raw)
         config.validate()
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(str(e), str(path / CONFIG)) from None
@@ -170,7 +170,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     raw_vocab = _read_json(path / VOCAB, m.vocab_size * MAX_VOCAB_ENTRY_BYTES + SMALL_FILE_BYTES,
                            f"a vocabulary of {m.vocab_size:,} tokens")
     try:
-        vocab = Vocab.from_json(json.dumps(raw_vocab))
+        vocab = Vocab.from_json(json.dumps(raw_vocab), config.data.unseen_words)
     except ValueError as e:
         raise CheckpointError(str(e), str(path / VOCAB)) from None
     del raw_vocab
