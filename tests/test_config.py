@@ -279,6 +279,7 @@ def test_presets_are_valid_settings(name: str) -> None:
     assert cfg == _cfg("--preset", name)
     if name.startswith("tutorial-"):
         assert (cfg.model.embed_dim, cfg.model.hidden_dim, cfg.train.batch_size, cfg.train.clip) == (64, 32, 16, None)
+        assert (cfg.data.min_freq, cfg.data.unseen_words) == (1, "unk")  # torchtext's vocabulary
 
 
 RUN_TOML = """

@@ -102,11 +102,19 @@ def test_unseen_words_read_as_the_most_frequent_word_of_their_stem() -> None:
     # words of the vocabulary, <pad> and <unk> read as themselves
     assert stem.encode(["good", "<pad>", "<unk>"]) == [ids["good"], PAD_ID, UNK_ID]
     assert [stem.lookup(t) for t in ["successfully", "good", "zzzz"]] == [ids["success"], ids["good"], UNK_ID]
+    fresh = Vocab(unk.itos, "stem").ready()  # the stems made before the first unseen word, as a server does
+    assert fresh._stems is not None and fresh.encode(["successfully"]) == [ids["success"]]
+    assert Vocab(unk.itos).ready()._stems is None  # "unk" never needs them
     # "unk": every unseen word is <unk>
     assert unk.encode(["successfully", "disappointing", "good"]) == [UNK_ID, UNK_ID, ids["good"]]
     assert Vocab.from_json(unk.to_json(), "stem").encode(["runs"]) == [ids["run"]]
     with pytest.raises(ValueError, match="unseen words"):
         Vocab(unk.itos, "lemma")
+    import copy
+    import pickle
+
+    for again in (pickle.loads(pickle.dumps(stem)), copy.deepcopy(stem)):  # a Predictor's vocabulary can be copied
+        assert again.unseen == "stem" and again.encode(["successfully", "runs"]) == [ids["success"], ids["run"]]
 
 
 def test_unseen_words_in_training_take_their_stems_word(tmp_path) -> None:

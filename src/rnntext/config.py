@@ -400,7 +400,8 @@ class DataConfig(Settings):
     unseen_words: str = setting("stem", choices=UNSEEN_WORDS,
                                 help="a word missing from the vocabulary (never seen in training, or fewer than "
                                      "--min-freq times): <unk> (unk), or the vocabulary's most frequent word with "
-                                     "the same English stem (stem: Snowball), in training and prediction alike")
+                                     "the same English stem (stem: Snowball; for other languages, unk), in training "
+                                     "and prediction alike")
     # the memory bound on one text's length: a recurrent model's training keeps ~40 KB per time step whatever the
     # batch (CPU autograd, default model), so a text of 50k tokens took 2 GB by itself; AG News's are <= 187.
     # 192 (issue 15): long texts cost time in proportion to the words read; 20 Newsgroups (median 234 tokens) reads

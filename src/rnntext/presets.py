@@ -14,7 +14,8 @@ from .errors import ConfigError
 
 # The tutorial's settings: embed 64, hidden 32, batch 16, Adam at a constant 1e-3, one epoch.
 _TUTORIAL: dict[str, Any] = {
-    "data": {"min_freq": 1, "ngrams": 1, "max_len": None},  # every word of the training set, as torchtext's vocab
+    # every word of the training set, and any other one <unk>, as torchtext's vocab
+    "data": {"min_freq": 1, "unseen_words": "unk", "ngrams": 1, "max_len": None},
     "model": {"embed_dim": 64, "hidden_dim": 32, "num_layers": 1, "bidirectional": False,
               "dropout": 0.0, "embed_dropout": 0.0},
     "train": {"batch_size": 16, "lr": 1e-3, "schedule": "constant", "epochs": 1, "clip": None,

@@ -689,11 +689,15 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, *, device: st
         from ..inference.onnx_predictor import OnnxPredictor
 
         predictor: Predictor | OnnxPredictor = OnnxPredictor.load(run_dir, threads, calibration=calibration)
+        vocabs = [predictor.vocab]
     else:
         from ..inference.predictor import Predictor
 
         # unset: the threads follow the cores other processes leave free (training/device.py)
         predictor = Predictor.load(run_dir, device, "auto" if threads is None else threads, precision, calibration)
+        vocabs = [r.vocab for r in predictor.runs]
+    for vocab in vocabs:
+        vocab.ready()  # the stems of unseen words' lookup made now, not in the first request's time
     app = create_app(predictor, limits=limits, max_batch_texts=max_batch_texts, max_wait_ms=max_wait_ms,
                      max_queue_texts=max_queue_texts, body_timeout=timeouts.body, min_confidence=min_confidence)
     if not is_loopback(host):
